@@ -1,0 +1,350 @@
+"""The one place that knows which array library and device xpnn runs on.
+
+A :class:`Device` pairs an array-API namespace (NumPy, CuPy, array-api-strict, PyTorch, ...)
+with that library's native device object. Layer math never looks here: it takes its namespace
+from its inputs. This module is used for what must be decided from the outside: where new
+parameters and batches go (``set_device``), moving host arrays there and back (``to_device``,
+``to_numpy``), and randomness.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+from array_api_compat import array_namespace
+from array_api_compat import device as native_device_of
+from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_namespace
+
+__all__ = [
+    "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device",
+    "devices", "device_of", "to_device", "to_numpy", "seed", "host_rng", "random_uniform",
+]
+
+GPU_INSTALL_HINT = 'pip install "xpnn[gpu]" (CuPy for CUDA 12; use cupy-cuda13x for CUDA 13)'
+
+
+class DeviceError(RuntimeError):
+    """A device was asked for that this machine cannot provide, or arrays sit on the wrong one."""
+
+
+@dataclass(frozen=True, eq=False)
+class Device:
+    """An array namespace plus one of its devices, named canonically (``"cpu"``, ``"gpu:0"``)."""
+
+    name: str
+    xp: Any = field(repr=False)
+    native: Any = field(repr=False, default=None)
+
+    @classmethod
+    def from_namespace(cls, xp: Any, native: Any = None) -> "Device":
+        """Wrap any array-API namespace and one of its devices (the default one if ``None``)."""
+        xp = array_namespace(xp.asarray(0))
+        if native is None:
+            native = native_device_of(xp.asarray(0))
+        return cls(_canonical_name(xp, native), xp, native)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return self.name == other
+        return isinstance(other, Device) and self.name == other.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def asarray(self, host: Any, dtype: Any = None) -> Any:
+        """A copy of ``host`` (NumPy or anything ``numpy.asarray`` takes) on this device."""
+        return to_device(host, self, dtype=dtype)
+
+
+def _canonical_name(xp: Any, native: Any) -> str:
+    if is_numpy_namespace(xp):
+        return "cpu"
+    if is_cupy_namespace(xp):
+        return f"gpu:{native.id}"
+    if is_torch_namespace(xp):
+        return f"torch:{native}"
+    module = getattr(xp, "__name__", type(xp).__name__).split(".")[-1]
+    return f"{module}:{_device_label(native)}"
+
+
+def _device_label(native: Any) -> str:
+    """``device1`` for ``array_api_strict.Device('device1')``; ``str(native)`` otherwise."""
+    text = getattr(native, "name", None) or str(native)
+    if text.endswith("')") and "('" in text:
+        return text[text.index("('") + 2:-2]
+    return text
+
+
+# --------------------------------------------------------------------------- construction
+
+def _numpy_device() -> Device:
+    return Device("cpu", array_namespace(np.asarray(0)), "cpu")
+
+
+def _import_cupy(spec: str) -> Any:
+    try:
+        return importlib.import_module("cupy")
+    except Exception as exc:  # ImportError, or a broken CUDA library underneath it
+        raise DeviceError(
+            f"device {spec!r} needs CuPy, which could not be imported ({type(exc).__name__}: {exc}). "
+            f"Install it with {GPU_INSTALL_HINT}, or use set_device('cpu')."
+        ) from exc
+
+
+def _gpu_count(cupy: Any, spec: str) -> int:
+    try:
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as exc:  # CUDARuntimeError: no driver, no device
+        raise DeviceError(
+            f"device {spec!r}: CuPy is installed but found no usable CUDA device "
+            f"({type(exc).__name__}: {exc}). Check the NVIDIA driver with `nvidia-smi`, "
+            f"or use set_device('cpu')."
+        ) from exc
+
+
+def _gpu_device(spec: str, index: int) -> Device:
+    cupy = _import_cupy(spec)
+    count = _gpu_count(cupy, spec)
+    if count == 0:
+        raise DeviceError(
+            f"device {spec!r}: CuPy is installed but no CUDA device is visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}). "
+            f"Use set_device('cpu')."
+        )
+    if not 0 <= index < count:
+        raise DeviceError(
+            f"device {spec!r}: GPU index {index} is out of range; this machine has {count} "
+            f"GPU(s): {', '.join(f'gpu:{i}' for i in range(count))}."
+        )
+    native = cupy.cuda.Device(index)
+    return Device(f"gpu:{index}", array_namespace(cupy.asarray(0)), native)
+
+
+_auto_warned = False
+
+
+def _auto_device() -> Device:
+    global _auto_warned
+    try:
+        return _gpu_device("auto", 0)
+    except DeviceError as exc:
+        if not _auto_warned:
+            _auto_warned = True
+            warnings.warn(f"set_device('auto') found no GPU and uses the CPU: {exc}", stacklevel=4)
+        return _numpy_device()
+
+
+def _library_device(spec: str) -> Device:
+    """``"module:device"`` for any other array-API library, e.g. ``array_api_strict:device1``."""
+    module_name, _, label = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DeviceError(f"device {spec!r}: cannot import array library {module_name!r}: {exc}") from exc
+    if module_name == "torch":
+        return Device.from_namespace(module, module.device(label or "cpu"))
+    info = module.__array_namespace_info__()
+    for native in info.devices():
+        if not label or _device_label(native) == label:
+            return Device.from_namespace(module, native)
+    names = [_device_label(d) for d in info.devices()]
+    raise DeviceError(f"device {spec!r}: {module_name} has no device {label!r}; it has {names}")
+
+
+def _parse(spec: "str | Device") -> Device:
+    if isinstance(spec, Device):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"device must be a string like 'cpu' or 'gpu:0', or a Device; got {type(spec).__name__}")
+    text = spec.strip().lower()
+    if text in ("cpu", "numpy"):
+        return _numpy_device()
+    if text == "auto":
+        return _auto_device()
+    kind, _, index = text.partition(":")
+    if kind in ("gpu", "cuda", "cupy"):
+        if index and not index.isdigit():
+            raise ValueError(f"device {spec!r}: the GPU index must be a number, as in 'gpu:0'")
+        return _gpu_device(spec, int(index or 0))
+    if ":" in spec or "." in spec or spec.isidentifier():
+        if ":" in spec or kind not in ("tpu", "mps", "xla"):
+            return _library_device(spec.strip())
+    raise ValueError(f"unknown device {spec!r}: use 'cpu', 'gpu', 'gpu:N', 'cuda:N' or 'auto'")
+
+
+# --------------------------------------------------------------------------- the active device
+
+_state = threading.local()
+_default: Device | None = None
+
+
+def current_device() -> Device:
+    """The active :class:`Device` (``XPNN_DEVICE`` or ``"cpu"`` until ``set_device`` is called)."""
+    global _default
+    stack = getattr(_state, "stack", None)
+    if stack:
+        return stack[-1]
+    if _default is None:
+        _default = _parse(os.environ.get("XPNN_DEVICE", "cpu"))
+    return _default
+
+
+def set_device(spec: "str | Device") -> Device:
+    """Make ``spec`` the device for new parameters and batches; returns it.
+
+    ``"cpu"``, ``"gpu"``, ``"gpu:N"``, ``"cuda:N"``, ``"auto"`` (GPU if there is one, else CPU
+    with a warning), ``"array_api_strict:device1"``, ``"torch:cpu"``, or a :class:`Device`.
+    An explicit GPU request never falls back: it raises :class:`DeviceError` saying why.
+    """
+    global _default
+    _default = _parse(spec)
+    return _default
+
+
+def get_device() -> str:
+    """The canonical name of the active device: ``"cpu"``, ``"gpu:0"``, ..."""
+    return current_device().name
+
+
+@contextlib.contextmanager
+def use_device(spec: "str | Device") -> Iterator[Device]:
+    """Run a block on ``spec`` and restore the previous device afterwards (per thread)."""
+    device = _parse(spec)
+    stack = getattr(_state, "stack", None)
+    if stack is None:
+        stack = _state.stack = []
+    stack.append(device)
+    try:
+        yield device
+    finally:
+        stack.pop()
+
+
+def devices() -> list[str]:
+    """Names of the devices usable here: ``"cpu"`` and one ``"gpu:N"`` per visible CUDA GPU."""
+    names = ["cpu"]
+    try:
+        cupy = importlib.import_module("cupy")
+        names += [f"gpu:{i}" for i in range(int(cupy.cuda.runtime.getDeviceCount()))]
+    except Exception:
+        pass
+    return names
+
+
+def device_of(array: Any) -> Device:
+    """The :class:`Device` an array lives on."""
+    xp = array_namespace(array)
+    native = native_device_of(array)
+    if is_numpy_namespace(xp):
+        return _numpy_device()
+    return Device(_canonical_name(xp, native), xp, native)
+
+
+def resolve(device: "str | Device | None") -> Device:
+    """``None`` means the active device; strings are parsed as in :func:`set_device`."""
+    return current_device() if device is None else _parse(device)
+
+
+# --------------------------------------------------------------------------- host <-> device
+
+def dtype_of(xp: Any, name: "str | Any") -> Any:
+    """The namespace's dtype object for a name like ``"float32"`` (or a dtype, passed through)."""
+    return getattr(xp, name) if isinstance(name, str) else name
+
+
+def to_device(host: Any, device: "str | Device | None" = None, dtype: "str | Any | None" = None) -> Any:
+    """Copy a host array (NumPy, list, scalar) onto ``device`` (default: the active one).
+
+    ``dtype`` is a name (``"float32"``) or a dtype of the target namespace. Arrays that are
+    already on a device are first brought to the host, so any array can be moved anywhere.
+    """
+    target = resolve(device)
+    if not isinstance(host, np.ndarray):
+        host = to_numpy(host) if _is_device_array(host) else np.asarray(host)
+    xp = target.xp
+    on_gpu = is_cupy_namespace(xp)
+    with target.native if on_gpu else contextlib.nullcontext():
+        if is_numpy_namespace(xp) or on_gpu:
+            moved = xp.asarray(host)
+        else:
+            moved = xp.asarray(host, device=target.native)
+        if dtype is not None and moved.dtype != dtype_of(xp, dtype):
+            moved = xp.astype(moved, dtype_of(xp, dtype))
+    return moved
+
+
+def _is_device_array(obj: Any) -> bool:
+    try:
+        array_namespace(obj)
+    except TypeError:
+        return False
+    return not isinstance(obj, (list, tuple, int, float))
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """A NumPy copy (or view, on the CPU) of any array-API array."""
+    if isinstance(array, np.ndarray):
+        return array
+    if isinstance(array, (int, float, bool, list, tuple, np.generic)):
+        return np.asarray(array)
+    xp = array_namespace(array)
+    if is_cupy_namespace(xp):
+        return array.get()
+    if is_torch_namespace(xp):
+        return array.detach().cpu().numpy()
+    try:
+        return np.asarray(array)
+    except (TypeError, RuntimeError, ValueError):
+        return np.from_dlpack(array)
+
+
+# --------------------------------------------------------------------------- randomness
+
+_host_rng = np.random.default_rng()
+
+
+def seed(value: int) -> None:
+    """Seed every generator xpnn draws from: the host one (weights, shuffling) and CuPy's."""
+    global _host_rng
+    _host_rng = np.random.default_rng(value)
+    _device_rngs.clear()
+    _device_seed[0] = value
+
+
+def host_rng() -> np.random.Generator:
+    """The host generator initial weights and shuffles are drawn from."""
+    return _host_rng
+
+
+_device_rngs: dict[str, Any] = {}
+_device_seed: list[int | None] = [None]
+
+
+def random_uniform(shape: tuple[int, ...], like: Any) -> Any:
+    """Uniform [0, 1) numbers in ``like``'s namespace, device and dtype (dropout, augmentation).
+
+    On CuPy they are drawn on the GPU by its own generator so nothing crosses the bus per batch;
+    elsewhere they are drawn on the host and moved.
+    """
+    where = device_of(like)
+    if is_cupy_namespace(where.xp):
+        import cupy
+
+        with where.native:
+            gen = _device_rngs.get(where.name)
+            if gen is None:
+                base = _device_seed[0]
+                gen = cupy.random.default_rng(None if base is None else base + where.native.id)
+                _device_rngs[where.name] = gen
+            return gen.random(shape, dtype=cupy.float32 if like.dtype == cupy.float32 else cupy.float64)
+    host = _host_rng.random(shape, dtype=np.float64)
+    return to_device(host, where, dtype=like.dtype)

@@ -1,0 +1,22 @@
+"""xpnn's exception classes: each names what was expected and what was received."""
+from __future__ import annotations
+
+from .backend import DeviceError
+
+__all__ = ["ShapeError", "DataError", "TrainingDivergedError", "ModelFileError", "DeviceError"]
+
+
+class ShapeError(ValueError):
+    """An array has the wrong rank or size for the layer, loss or argument it was given to."""
+
+
+class DataError(ValueError):
+    """Inputs or labels are unusable: empty, NaN/inf, labels out of range, lengths that differ."""
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or inf; the message names the epoch and batch."""
+
+
+class ModelFileError(ValueError):
+    """A model file is corrupt, from a newer format, or does not match the architecture."""

@@ -1,0 +1,67 @@
+"""Linear (dense, fully connected) layer: ``y = x @ W + b`` on (N, in_features) inputs."""
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import array_namespace
+
+from ..errors import ShapeError
+from ..init import initialize
+from .base import Backprop, Layer, Parameter
+
+__all__ = ["Linear"]
+
+
+class Linear(Layer):
+    """Fully connected layer. ``weight`` is stored (in_features, out_features) so the forward pass
+    is one matmul without a transpose; the tutorials' ``W`` of shape (out, in) is its transpose.
+    """
+
+    param_names = ("weight", "bias")
+    input_rank = 2
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init: Any = "he",
+                 dtype: str = "float32") -> None:
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Linear: {name} must be a positive integer, got {value!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.use_bias, self.init, self.dtype = bias, init, dtype
+        self.weight = Parameter(initialize(init, (in_features, out_features), in_features, out_features, dtype),
+                                "weight")
+        self.bias = Parameter(initialize("zeros", (out_features,), in_features, out_features, dtype), "bias") \
+            if bias else None
+        if not bias:
+            self.param_names = ("weight",)
+
+    def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
+        xp = array_namespace(x)
+        weight, bias = self.weight, self.bias
+        w = weight.value
+        y = xp.matmul(x, w)
+        if bias is not None:
+            y = y + bias.value
+
+        def backprop(dy: Any) -> Any:
+            weight.accumulate(xp.matmul(xp.matrix_transpose(x), dy))
+            if bias is not None:
+                bias.accumulate(xp.sum(dy, axis=0))
+            return xp.matmul(dy, xp.matrix_transpose(w)) if input_grad else None
+
+        return y, backprop
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._check_rank(input_shape)
+        if input_shape[1] != self.in_features:
+            raise ShapeError(
+                f"{self.describe()} expects {self.in_features} input features (shape (N, {self.in_features})), "
+                f"got {input_shape[1]} (input shape {tuple(input_shape)})"
+            )
+        return (input_shape[0], self.out_features)
+
+    def expected_input(self) -> str:
+        return f"(N, {self.in_features})"
+
+    def config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.use_bias,
+                "init": self.init if isinstance(self.init, str) else "custom", "dtype": self.dtype}

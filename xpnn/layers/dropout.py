@@ -1,0 +1,29 @@
+"""Inverted dropout: active only with ``train=True``; kept units are scaled by 1/(1-p)."""
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import array_namespace
+
+from .. import backend
+from .base import Backprop, Layer
+
+__all__ = ["Dropout"]
+
+
+class Dropout(Layer):
+    def __init__(self, p: float = 0.5) -> None:
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout: p is the probability of dropping a unit and must be in [0, 1), got {p!r}")
+        self.p = float(p)
+
+    def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
+        if not train or self.p == 0:
+            return x, lambda dy: dy
+        keep = backend.random_uniform(tuple(x.shape), like=x) >= self.p
+        scale = 1.0 / (1.0 - self.p)
+        mask = array_namespace(x).astype(keep, x.dtype) * scale
+        return x * mask, lambda dy: dy * mask
+
+    def config(self) -> dict[str, Any]:
+        return {"p": self.p}

@@ -1,0 +1,99 @@
+"""Mini-batches from host arrays: shuffled on the host, moved to the device one batch at a time.
+
+Inputs stay on the host in their stored dtype (often uint8, four times smaller than float32);
+each batch is cut there, moved, and only then cast and scaled on the device.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .. import backend
+
+__all__ = ["DataLoader"]
+
+Transform = Callable[[Any], Any]
+
+
+class DataLoader:
+    """Iterate ``(x_batch, y_batch)`` on ``device``.
+
+    ``scale``: ``None`` (cast only), ``"unit"`` (divide by 255: uint8 images to [0, 1]), or a
+    ``(mean, std)`` pair to standardize. ``transform`` runs on each device batch of inputs when
+    ``train=True`` (augmentation, see ``xpnn.data.transforms``). ``seed`` makes the shuffle of
+    epoch ``e`` depend only on ``(seed, e)``, so a resumed run sees the same order.
+    """
+
+    def __init__(self, x: Any, y: Any = None, batch_size: int | None = 32, *, shuffle: bool = False,
+                 seed: int | None = None, device: "backend.Device | str | None" = None, dtype: str = "float32",
+                 scale: Any = None, transform: Transform | None = None, drop_last: bool = False) -> None:
+        self.x = x if isinstance(x, np.ndarray) else backend.to_numpy(x)
+        self.y = None if y is None else (y if isinstance(y, np.ndarray) else backend.to_numpy(y))
+        n = len(self.x)
+        if self.y is not None and len(self.y) != n:
+            from ..errors import DataError
+            raise DataError(f"x and y have different lengths: {n} samples in x, {len(self.y)} in y")
+        if batch_size is None:
+            batch_size = n
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None (full batch), got {batch_size!r}")
+        self.batch_size = batch_size
+        self.shuffle, self.seed, self.dtype = shuffle, seed, dtype
+        self.device = backend.resolve(device)
+        self.scale, self.transform, self.drop_last = scale, transform, drop_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle order of ``epoch`` (called by ``fit`` at the start of each epoch)."""
+        self.epoch = epoch
+
+    def order(self) -> np.ndarray:
+        """The sample order of the current epoch."""
+        n = len(self.x)
+        if not self.shuffle:
+            return np.arange(n)
+        rng = backend.host_rng() if self.seed is None else np.random.default_rng((self.seed, self.epoch))
+        return rng.permutation(n)
+
+    def batch_indices(self) -> Iterator[np.ndarray]:
+        order = self.order()
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            if self.drop_last and len(idx) < self.batch_size:
+                return
+            yield idx
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        for idx in self.batch_indices():
+            yield self.take(idx, train=True)
+
+    def take(self, idx: np.ndarray, train: bool = False) -> tuple[Any, Any]:
+        """The samples ``idx`` as a device batch (inputs cast, scaled and, if train, transformed)."""
+        contiguous = idx.size and idx[-1] - idx[0] == idx.size - 1 and (np.diff(idx) == 1).all()
+        x_host = self.x[idx[0]:idx[-1] + 1] if contiguous else self.x[idx]
+        xb = self.prepare(x_host)
+        if train and self.transform is not None:
+            xb = self.transform(xb)
+        if self.y is None:
+            return xb, None
+        y_host = self.y[idx[0]:idx[-1] + 1] if contiguous else self.y[idx]
+        y_dtype = "int64" if np.issubdtype(y_host.dtype, np.integer) else self.dtype
+        return xb, backend.to_device(y_host, self.device, dtype=y_dtype)
+
+    def prepare(self, x_host: np.ndarray) -> Any:
+        """Move host inputs to the device, cast to ``dtype`` and apply ``scale`` there."""
+        xb = backend.to_device(np.ascontiguousarray(x_host), self.device, dtype=self.dtype)
+        if self.scale is None:
+            return xb
+        if isinstance(self.scale, str):
+            if self.scale != "unit":
+                raise ValueError(f"scale must be None, 'unit' or (mean, std), got {self.scale!r}")
+            return xb * (1.0 / 255.0)
+        mean, std = self.scale
+        return (xb - float(mean)) * (1.0 / float(std))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -261,6 +262,14 @@ def dtype_of(xp: Any, name: "str | Any") -> Any:
     return getattr(xp, name) if isinstance(name, str) else name
 
 
+def dtype_name(dtype: Any) -> str:
+    """``"float32"`` for any library's float32 dtype object (and so on for the standard's dtypes)."""
+    found = re.findall(r"bool|u?int(?:8|16|32|64)|float(?:16|32|64)", str(dtype))
+    if not found:
+        raise TypeError(f"unsupported dtype {dtype!r}")
+    return found[-1]
+
+
 def to_device(host: Any, device: "str | Device | None" = None, dtype: "str | Any | None" = None) -> Any:
     """Copy a host array (NumPy, list, scalar) onto ``device`` (default: the active one).
 
@@ -323,6 +332,16 @@ def seed(value: int) -> None:
 def host_rng() -> np.random.Generator:
     """The host generator initial weights and shuffles are drawn from."""
     return _host_rng
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Leave the host generator's state as it was (e.g. while rebuilding a model from a file)."""
+    state = _host_rng.bit_generator.state
+    try:
+        yield
+    finally:
+        _host_rng.bit_generator.state = state
 
 
 _device_rngs: dict[str, Any] = {}

@@ -115,7 +115,7 @@ class Layer:
 
     def state(self) -> dict[str, Any]:
         """Every array the layer owns, by name: parameters and buffers."""
-        out = {p.name: p.value for p in self.parameters()}
+        out = {name: getattr(self, name).value for name in self.param_names}
         out.update(self.buffers())
         return out
 

@@ -1,0 +1,151 @@
+"""Losses: ``value, backprop = loss(pred, target)``; ``backprop()`` returns dL/dpred.
+
+Each loss is the mean over the batch. Cross-entropies work from logits (fused, numerically
+stable) by default. Labels are checked on the host once, before training, by
+``xpnn.validation.check_targets``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
+
+from .errors import ShapeError
+from .layers.activations import sigmoid
+
+__all__ = ["Loss", "BinaryCrossEntropy", "CrossEntropy", "MeanSquaredError", "get_loss"]
+
+
+class Loss:
+    """Base class. ``task`` tells metrics how to read predictions: binary, multiclass or regression."""
+
+    task = "regression"
+
+    def __call__(self, pred: Any, target: Any) -> tuple[Any, Callable[[], Any]]:
+        raise NotImplementedError
+
+    def predicted_classes(self, pred: Any) -> Any:
+        """Class indices (or 0/1) from model outputs, for accuracy."""
+        raise NotImplementedError(f"{type(self).__name__} has no classes")
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _check_batch(name: str, pred: Any, target: Any) -> None:
+    if pred.shape[0] != target.shape[0]:
+        raise ShapeError(f"{name}: predictions have {pred.shape[0]} samples, targets {target.shape[0]}")
+
+
+class BinaryCrossEntropy(Loss):
+    """Two-class cross-entropy. ``from_logits=True``: pred is a logit, the sigmoid is fused (no log(0),
+    no overflow at any logit size). Otherwise pred is a probability, clipped to [eps, 1 - eps]."""
+
+    task = "binary"
+
+    def __init__(self, from_logits: bool = True, eps: float = 1e-7) -> None:
+        self.from_logits = bool(from_logits)
+        self.eps = float(eps)
+
+    def __call__(self, pred: Any, target: Any) -> tuple[Any, Callable[[], Any]]:
+        xp = array_namespace(pred)
+        _check_batch("BinaryCrossEntropy", pred, target)
+        y = xp.reshape(xp.astype(target, pred.dtype), tuple(pred.shape))
+        n = float(pred.shape[0])
+        if self.from_logits:
+            z = pred
+            # max(z, 0) - z*y + log(1 + exp(-|z|)): exact for every z, exp never overflows
+            losses = xp.maximum(z, xp.zeros_like(z)) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
+            value = xp.sum(losses) / n
+
+            def backprop() -> Any:
+                return (sigmoid(z) - y) * (1.0 / n)
+        else:
+            p = xp.clip(pred, self.eps, 1.0 - self.eps)
+            value = -xp.sum(y * xp.log(p) + (1.0 - y) * xp.log(1.0 - p)) / n
+            inside = (pred > self.eps) & (pred < 1.0 - self.eps)
+
+            def backprop() -> Any:
+                grad = (p - y) / (p * (1.0 - p)) * (1.0 / n)
+                return xp.where(inside, grad, xp.zeros_like(grad))
+
+        return value, backprop
+
+    def predicted_classes(self, pred: Any) -> Any:
+        xp = array_namespace(pred)
+        threshold = 0.0 if self.from_logits else 0.5
+        return xp.astype(pred > threshold, xp.int64)
+
+    def config(self) -> dict[str, Any]:
+        return {"from_logits": self.from_logits}
+
+
+class CrossEntropy(Loss):
+    """Softmax cross-entropy on (N, C) logits; targets are integer labels (N,) or one-hot/soft (N, C).
+
+    The softmax is fused: log-softmax is computed as ``z - max - log(sum(exp(z - max)))``.
+    """
+
+    task = "multiclass"
+
+    def __call__(self, pred: Any, target: Any) -> tuple[Any, Callable[[], Any]]:
+        xp = array_namespace(pred)
+        _check_batch("CrossEntropy", pred, target)
+        if pred.ndim != 2:
+            raise ShapeError(f"CrossEntropy expects (N, classes) logits, got shape {tuple(pred.shape)}")
+        n, classes = pred.shape
+        if target.ndim == 1:
+            labels = xp.arange(classes, device=device_of(pred))
+            y = xp.astype(xp.reshape(target, (n, 1)) == labels, pred.dtype)
+        else:
+            y = xp.astype(target, pred.dtype)
+        shifted = pred - xp.max(pred, axis=1, keepdims=True)
+        exp = xp.exp(shifted)
+        total = xp.sum(exp, axis=1, keepdims=True)
+        log_probs = shifted - xp.log(total)
+        value = -xp.sum(y * log_probs) / float(n)
+
+        def backprop() -> Any:
+            probs = exp / total
+            return (probs * xp.sum(y, axis=1, keepdims=True) - y) * (1.0 / float(n))
+
+        return value, backprop
+
+    def predicted_classes(self, pred: Any) -> Any:
+        return array_namespace(pred).argmax(pred, axis=1)
+
+
+class MeanSquaredError(Loss):
+    """Mean of squared errors over every element."""
+
+    def __call__(self, pred: Any, target: Any) -> tuple[Any, Callable[[], Any]]:
+        xp = array_namespace(pred)
+        _check_batch("MeanSquaredError", pred, target)
+        size = 1
+        for d in pred.shape:
+            size *= int(d)
+        if target.shape != pred.shape:
+            target = xp.reshape(target, tuple(pred.shape))
+        diff = pred - xp.astype(target, pred.dtype)
+        value = xp.sum(diff * diff) / float(size)
+        return value, lambda: diff * (2.0 / size)
+
+
+_BY_NAME = {"binary_cross_entropy": BinaryCrossEntropy, "bce": BinaryCrossEntropy,
+            "cross_entropy": CrossEntropy, "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError}
+_BY_CLASS = {cls.__name__: cls for cls in (BinaryCrossEntropy, CrossEntropy, MeanSquaredError)}
+
+
+def get_loss(spec: "str | Loss", **kwargs: Any) -> Loss:
+    """A Loss from an instance, a short name (``"cross_entropy"``, ``"bce"``, ``"mse"``) or class name."""
+    if isinstance(spec, Loss):
+        return spec
+    cls = _BY_NAME.get(str(spec).lower()) or _BY_CLASS.get(str(spec))
+    if cls is None:
+        raise ValueError(f"unknown loss {spec!r}; choose one of {', '.join(sorted(_BY_NAME))}")
+    return cls(**kwargs)

@@ -1,0 +1,63 @@
+"""Host-side checks of user data, run once before training or prediction starts.
+
+They run on NumPy copies, never inside a training step, and each error names the argument,
+what was expected and what was received, before any parameter changes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError, ShapeError
+
+__all__ = ["check_inputs", "check_targets", "check_lengths"]
+
+
+def check_inputs(x: np.ndarray, name: str = "x") -> None:
+    """Non-empty, numeric, and (for floats) free of NaN and inf."""
+    if x.ndim == 0:
+        raise ShapeError(f"{name} must be a batch of samples (first axis = samples), got a scalar")
+    if x.shape[0] == 0:
+        raise DataError(f"{name} is empty: shape {x.shape}, expected at least one sample")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{name} must be numeric, got dtype {x.dtype}")
+    if np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.complexfloating):
+        bad = ~np.isfinite(x)
+        if bad.any():
+            count = int(bad.sum())
+            first = int(np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))[0])
+            raise DataError(f"{name} contains {count} NaN/inf value(s); the first is in sample {first}")
+
+
+def check_lengths(x: np.ndarray, y: np.ndarray, x_name: str = "x", y_name: str = "y") -> None:
+    if len(x) != len(y):
+        raise DataError(f"{x_name} and {y_name} have different lengths: {len(x)} samples in {x_name}, "
+                        f"{len(y)} in {y_name}")
+
+
+def check_targets(loss: Any, y: np.ndarray, output_shape: tuple[int, ...], name: str = "y") -> None:
+    """Targets fit the loss and the model's output: label range, one-hot width, element count."""
+    check_inputs(y, name)
+    loss_name = type(loss).__name__
+    per_sample = int(np.prod(output_shape[1:]))
+    if loss.task == "multiclass":
+        classes = output_shape[-1]
+        if y.ndim == 1:
+            if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
+                raise DataError(f"{loss_name}: 1-D {name} must be integer class labels, got dtype {y.dtype}")
+            if y.min() < 0 or y.max() >= classes:
+                raise DataError(f"{loss_name}: labels in {name} must be in [0, {classes - 1}] for a model with "
+                                f"{classes} outputs, got values from {y.min()} to {y.max()}")
+        elif y.ndim == 2:
+            if y.shape[1] != classes:
+                raise ShapeError(f"{loss_name}: one-hot {name} has {y.shape[1]} columns, the model has {classes} "
+                                 f"outputs")
+        else:
+            raise ShapeError(f"{loss_name}: {name} must be labels (N,) or one-hot (N, {classes}), got shape {y.shape}")
+        return
+    if y.size != len(y) * per_sample:
+        raise ShapeError(f"{loss_name}: {name} of shape {y.shape} does not match model outputs of shape "
+                         f"(N, {', '.join(map(str, output_shape[1:]))})")
+    if loss.task == "binary" and (y.min() < 0 or y.max() > 1):
+        raise DataError(f"{loss_name}: labels in {name} must be in [0, 1], got values from {y.min()} to {y.max()}")

@@ -19,7 +19,7 @@ def _gpu_skip_reason() -> str | None:
         with backend.use_device("gpu:0"):
             return None
     except backend.DeviceError as exc:
-        return f"no CUDA GPU visible: {exc}"
+        return f"no CUDA GPU: {str(exc).split('(')[0].strip()}"
 
 
 _GPU_SKIP = _gpu_skip_reason()

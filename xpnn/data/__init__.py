@@ -1,4 +1,7 @@
 """Host-side data: loading files, batching, moving batches to the device."""
+from .datasets import FASHION_MNIST_CLASSES, MNIST_CLASSES, fashion_mnist, fashion_mnist_sample, mnist
+from .idx import load_idx, save_idx
 from .loader import DataLoader
 
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "load_idx", "save_idx", "fashion_mnist", "mnist", "fashion_mnist_sample",
+           "FASHION_MNIST_CLASSES", "MNIST_CLASSES"]

@@ -1,7 +1,7 @@
 """xpnn: small, fast, honest neural networks on any array-API library (NumPy, CuPy, ...)."""
 __version__ = "0.1.0"
 
-from . import layers, losses  # noqa: E402
+from . import layers, losses, optim  # noqa: E402
 from . import datasets  # noqa: E402
 from .backend import (Device, DeviceError, current_device, devices, get_device, seed, set_device,  # noqa: E402
                       to_device, to_numpy, use_device)

@@ -83,10 +83,10 @@ class Sequential:
 
     # ---- shapes ---------------------------------------------------------------------------
 
-    def build(self, sample_shape: Sequence[int]) -> tuple[int, ...]:
+    def build(self, sample_shape: Sequence[int], batch_size: int = 1) -> tuple[int, ...]:
         """Check that every layer accepts the output of the one before, for samples of ``sample_shape``
         (without the batch axis); remember it for :meth:`summary`. Returns the output shape."""
-        shape = (1, *(int(d) for d in sample_shape))
+        shape = (batch_size, *(int(d) for d in sample_shape))
         for layer in self.layers:
             shape = layer.output_shape(shape)
         self.input_shape = tuple(int(d) for d in sample_shape)

@@ -188,7 +188,7 @@ def _prepare(model: Any, x: Any, y: Any, loss: Loss, names: tuple[str, str]) -> 
     x_host, y_host = _host(x, names[0]), _host(y, names[1])
     check_inputs(x_host, names[0])
     check_lengths(x_host, y_host, *names)
-    out_shape = model.build(x_host.shape[1:])
+    out_shape = model.build(x_host.shape[1:], batch_size=len(x_host))
     check_targets(loss, y_host, out_shape, names[1])
     return x_host, y_host
 
@@ -324,6 +324,8 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in
                              evaluate(model, *val, loss=loss, batch_size=max(batch_size, 256)).items()})
+            if bar is not None:
+                bar.set_postfix_str(_format(logs), refresh=False)
             logs["seconds"] = seconds
             logs["samples_per_second"] = len(x_host) / seconds if seconds > 0 else math.inf
             if hasattr(optimizer, "lr"):
@@ -333,9 +335,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
                 bar.update(meter.samples - bar.n)
                 bar.close()
         history.append(epoch + 1, logs)
-        if verbose == 1 and bar is not None:
-            bar.write(f"epoch {epoch + 1}/{epochs}: {_format({k: v for k, v in logs.items() if k != 'lr'})}")
-        elif verbose == 2:
+        if verbose == 2:
             print(f"epoch {epoch + 1}/{epochs}: {_format(logs)}", flush=True)
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)

@@ -1,0 +1,516 @@
+"""Optimizers (SGD with momentum/Nesterov, Adam, AdamW, RMSprop) and per-epoch learning-rate schedules.
+
+``optimizer.step(params)`` updates each ``Parameter.value`` in place on its own device from its
+``grad``, with the PyTorch formulations, so results can be compared with ``torch.optim``. The
+update is written once against the array API (the namespace comes from the parameter), keeps
+hyperparameters as Python floats so float32 parameters stay float32, and never touches the host.
+Per-parameter state (momentum buffers, Adam moments) is created lazily with ``zeros_like`` on the
+parameter's device and keyed by the parameter's name, which must therefore be unique.
+
+A learning rate is a float or a :class:`Schedule` evaluated per epoch: the training loop calls
+``optimizer.set_epoch(epoch)`` at the start of every epoch and ``optimizer.lr`` follows.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+
+from array_api_compat import array_namespace
+
+from . import backend
+from .layers.base import Parameter
+
+__all__ = [
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get_optimizer",
+    "Schedule", "StepDecay", "CosineDecay", "ExponentialDecay", "get_schedule",
+]
+
+# --------------------------------------------------------------------------- argument checks
+
+_Rule = tuple[str, Callable[[float], bool]]
+_NON_NEGATIVE: _Rule = ("a finite number >= 0", lambda v: v >= 0.0)
+_POSITIVE: _Rule = ("a finite number > 0", lambda v: v > 0.0)
+_UNIT: _Rule = ("a number in [0, 1)", lambda v: 0.0 <= v < 1.0)
+_DECAY: _Rule = ("a number in (0, 1]", lambda v: 0.0 < v <= 1.0)
+
+
+def _number(owner: str, name: str, value: Any, rule: _Rule) -> float:
+    """``value`` as a Python float (never a NumPy scalar, which would promote float32), checked."""
+    text, ok = rule
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or not ok(float(value))):
+        raise ValueError(f"{owner}: {name} must be {text}, got {value!r}")
+    return float(value)
+
+
+def _integer(owner: str, name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{owner}: {name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- schedules
+
+class Schedule:
+    """A learning rate as a function of the 0-based epoch; ``config()`` gives the constructor args."""
+
+    name: ClassVar[str] = ""
+
+    def __call__(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _epoch(self, epoch: Any) -> int:
+        return _integer(type(self).__name__, "epoch", epoch, 0)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class StepDecay(Schedule):
+    """``lr * gamma ** (epoch // step_size)``: multiply by ``gamma`` every ``step_size`` epochs."""
+
+    name = "step"
+
+    def __init__(self, lr: float, step_size: int, gamma: float = 0.1) -> None:
+        self.lr = _number("StepDecay", "lr", lr, _NON_NEGATIVE)
+        self.step_size = _integer("StepDecay", "step_size", step_size, 1)
+        self.gamma = _number("StepDecay", "gamma", gamma, _DECAY)
+
+    def __call__(self, epoch: int) -> float:
+        return self.lr * self.gamma ** (self._epoch(epoch) // self.step_size)
+
+    def config(self) -> dict[str, Any]:
+        return {"lr": self.lr, "step_size": self.step_size, "gamma": self.gamma}
+
+
+class ExponentialDecay(Schedule):
+    """``lr * gamma ** epoch``."""
+
+    name = "exponential"
+
+    def __init__(self, lr: float, gamma: float) -> None:
+        self.lr = _number("ExponentialDecay", "lr", lr, _NON_NEGATIVE)
+        self.gamma = _number("ExponentialDecay", "gamma", gamma, _DECAY)
+
+    def __call__(self, epoch: int) -> float:
+        return self.lr * self.gamma ** self._epoch(epoch)
+
+    def config(self) -> dict[str, Any]:
+        return {"lr": self.lr, "gamma": self.gamma}
+
+
+class CosineDecay(Schedule):
+    """Cosine annealing from ``lr`` to ``min_lr`` over ``epochs``, after an optional linear warmup.
+
+    Warmup epoch ``e < warmup_epochs`` uses ``lr * (e + 1) / (warmup_epochs + 1)``, a ramp that
+    reaches ``lr`` at the first cosine epoch. Epoch ``e`` after it uses
+    ``min_lr + (lr - min_lr) * (1 + cos(pi * (e - warmup) / (epochs - warmup))) / 2`` (PyTorch's
+    ``CosineAnnealingLR`` with ``T_max=epochs`` when there is no warmup), and ``min_lr`` from
+    ``epochs`` on rather than climbing back up.
+    """
+
+    name = "cosine"
+
+    def __init__(self, lr: float, epochs: int, min_lr: float = 0.0, warmup_epochs: int = 0) -> None:
+        self.lr = _number("CosineDecay", "lr", lr, _NON_NEGATIVE)
+        self.epochs = _integer("CosineDecay", "epochs", epochs, 1)
+        self.min_lr = _number("CosineDecay", "min_lr", min_lr, _NON_NEGATIVE)
+        if self.min_lr > self.lr:
+            raise ValueError(f"CosineDecay: min_lr ({min_lr!r}) must not exceed lr ({lr!r})")
+        self.warmup_epochs = _integer("CosineDecay", "warmup_epochs", warmup_epochs, 0)
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"CosineDecay: warmup_epochs ({warmup_epochs!r}) must be less than epochs ({epochs!r})")
+
+    def __call__(self, epoch: int) -> float:
+        epoch = self._epoch(epoch)
+        warmup = self.warmup_epochs
+        if epoch < warmup:
+            return self.lr * (epoch + 1) / (warmup + 1)
+        if epoch >= self.epochs:
+            return self.min_lr
+        progress = (epoch - warmup) / (self.epochs - warmup)
+        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def config(self) -> dict[str, Any]:
+        return {"lr": self.lr, "epochs": self.epochs, "min_lr": self.min_lr, "warmup_epochs": self.warmup_epochs}
+
+
+_SCHEDULES: dict[str, type[Schedule]] = {cls.name: cls for cls in (StepDecay, CosineDecay, ExponentialDecay)}
+
+
+def _build(kind: str, base: type, table: Mapping[str, Callable[..., Any]], spec: Any, kwargs: dict[str, Any]) -> Any:
+    """Shared by get_schedule/get_optimizer: an instance, a name plus arguments, or a record with "name"."""
+    caller = f"get_{kind}"
+    if isinstance(spec, base):
+        if kwargs:
+            raise ValueError(f"{caller}: got an instance {spec!r} and arguments {sorted(kwargs)} to apply to it")
+        return spec
+    if isinstance(spec, Mapping):
+        kwargs = {**spec, **kwargs}
+        if "name" not in kwargs:
+            raise ValueError(f"{caller}: the record needs a 'name' key, got keys {sorted(kwargs)}")
+        spec = kwargs.pop("name")
+    key = spec.strip().lower() if isinstance(spec, str) else spec
+    if not isinstance(key, str) or key not in table:
+        raise ValueError(f"unknown {kind} {spec!r}; known: {', '.join(sorted(table))}")
+    return table[key](**kwargs)
+
+
+def get_schedule(spec: "Schedule | str | Mapping[str, Any]", **kwargs: Any) -> Schedule:
+    """A schedule from an instance, a name (``"step"``, ``"cosine"``, ``"exponential"``) and
+    keyword arguments, or a record ``{"name": ..., **config()}`` as found in an optimizer's config.
+    """
+    return _build("schedule", Schedule, _SCHEDULES, spec, kwargs)
+
+
+# --------------------------------------------------------------------------- optimizers
+
+class Optimizer:
+    """Base class: learning rate (float or schedule), weight decay, per-parameter state.
+
+    Subclasses set ``name``, list their state arrays in ``_state_arrays()`` and implement
+    ``_update(param, grad, lr)``, which must modify ``param.value`` in place.
+    """
+
+    name: ClassVar[str] = ""
+    #: whether the per-parameter state has a step counter (Adam's bias correction)
+    _counts_steps: ClassVar[bool] = False
+
+    def __init__(self, lr: "float | Schedule | Mapping[str, Any]", weight_decay: float = 0.0) -> None:
+        self.weight_decay = _number(type(self).__name__, "weight_decay", weight_decay, _NON_NEGATIVE)
+        self._epoch = 0
+        self.lr = lr
+        self.state: dict[str, dict[str, Any]] = {}
+        self._checked: tuple[int, ...] | None = None
+
+    # ---- learning rate ------------------------------------------------------------------
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the current epoch (a Python float)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: "float | Schedule | Mapping[str, Any]") -> None:
+        if isinstance(value, (Schedule, Mapping)):
+            self.schedule: Schedule | None = get_schedule(value)
+            self._lr = self.schedule(self._epoch)
+        elif isinstance(value, numbers.Real) or not callable(value):
+            self.schedule = None
+            self._lr = _number(type(self).__name__, "lr", value, _NON_NEGATIVE)
+        else:
+            raise ValueError(f"{type(self).__name__}: lr must be a number or a Schedule (StepDecay, CosineDecay, "
+                             f"ExponentialDecay), got {value!r}")
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (0-based): re-evaluates the schedule, if any."""
+        self._epoch = _integer(type(self).__name__, "epoch", epoch, 0)
+        if self.schedule is not None:
+            self._lr = self.schedule(self._epoch)
+
+    def _lr_config(self) -> "float | dict[str, Any]":
+        if self.schedule is None:
+            return self._lr
+        return {"name": self.schedule.name, **self.schedule.config()}
+
+    # ---- stepping -----------------------------------------------------------------------
+
+    def step(self, params: Sequence[Parameter]) -> None:
+        """Update every parameter that has a gradient, in place; those with ``grad is None`` are skipped."""
+        if not isinstance(params, (list, tuple)):
+            params = list(params)
+        if self._stateful():
+            self._check_names(params)
+        lr = self._lr
+        update = self._update
+        for param in params:
+            grad = param.grad
+            if grad is not None:
+                update(param, grad, lr)
+
+    def zero_grad(self, params: Iterable[Parameter]) -> None:
+        """Drop every gradient, so the next backward pass starts from nothing."""
+        for param in params:
+            param.grad = None
+
+    def _update(self, param: Parameter, grad: Any, lr: float) -> None:
+        raise NotImplementedError
+
+    def _stateful(self) -> bool:
+        return bool(self._state_arrays())
+
+    def _state_arrays(self) -> tuple[str, ...]:
+        """Names of the per-parameter state arrays this configuration keeps."""
+        return ()
+
+    def _state_for(self, param: Parameter) -> dict[str, Any]:
+        state = self.state.get(param.name)
+        if state is None:
+            xp = array_namespace(param.value)
+            state = {name: xp.zeros_like(param.value) for name in self._state_arrays()}
+            if self._counts_steps:
+                state["step"] = 0
+            self.state[param.name] = state
+        return state
+
+    def _check_names(self, params: Sequence[Parameter]) -> None:
+        """State is keyed by name, so two parameters with one name would share it: refuse that.
+
+        Checked again only when the list of parameter objects changes.
+        """
+        key = tuple(map(id, params))
+        if key == self._checked:
+            return
+        seen: set[str] = set()
+        repeated: set[str] = set()
+        for param in params:
+            (repeated if param.name in seen else seen).add(param.name)
+        if repeated:
+            raise ValueError(
+                f"{type(self).__name__}: parameter names must be unique, since they key the optimizer state; "
+                f"repeated: {sorted(repeated)}. Give each Parameter its own name (e.g. '0.weight')."
+            )
+        self._checked = key
+
+    # ---- saving and rebuilding ----------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments, JSON-serialisable: ``get_optimizer(opt.name, **opt.config())`` rebuilds it."""
+        return {"lr": self._lr_config(), "weight_decay": self.weight_decay}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Name, config, epoch and per-parameter state, as JSON scalars and host NumPy copies."""
+        state = {
+            pname: {key: value if isinstance(value, int) else backend.to_numpy(value).copy()
+                    for key, value in entries.items()}
+            for pname, entries in self.state.items()
+        }
+        return {"name": self.name, "config": self.config(), "epoch": self._epoch, "state": state}
+
+    def load_state_dict(self, state: Mapping[str, Any], params: Iterable[Parameter]) -> None:
+        """Restore what :meth:`state_dict` saved, each array on its parameter's device and dtype.
+
+        Hyperparameters stay those this optimizer was built with (rebuild it from
+        ``state["config"]`` to resume exactly). Also the way to follow a model moved to another
+        device: ``opt.load_state_dict(opt.state_dict(), model.parameters())``.
+        """
+        owner = f"{type(self).__name__}.load_state_dict"
+        if state.get("name") != self.name:
+            raise ValueError(f"{owner}: the state is from a {state.get('name')!r} optimizer, this one is {self.name!r}")
+        by_name = {param.name: param for param in params}
+        saved = state.get("state", {})
+        unknown = sorted(set(saved) - set(by_name))
+        if unknown:
+            raise ValueError(f"{owner}: state for parameters {unknown} that are not among the parameters given "
+                             f"({sorted(by_name)})")
+        arrays = self._state_arrays()
+        expected = set(arrays) | ({"step"} if self._counts_steps else set())
+        restored: dict[str, dict[str, Any]] = {}
+        for pname, entries in saved.items():
+            if set(entries) != expected:
+                raise ValueError(f"{owner}: parameter {pname!r} has state {sorted(entries)}, expected {sorted(expected)}")
+            value = by_name[pname].value
+            xp = array_namespace(value)
+            where = backend.device_of(value)
+            restored[pname] = {"step": int(entries["step"])} if self._counts_steps else {}
+            for key in arrays:
+                host = entries[key]
+                if tuple(host.shape) != tuple(value.shape):
+                    raise ValueError(f"{owner}: {pname}.{key} has shape {tuple(host.shape)}, "
+                                     f"the parameter has {tuple(value.shape)}")
+                moved = backend.to_device(host, where, dtype=value.dtype)
+                # to_device may return a view of the host array on the CPU; the state must own its memory.
+                restored[pname][key] = xp.asarray(moved, copy=True)
+        self.state = restored
+        self._checked = None
+        self.set_epoch(int(state.get("epoch", 0)))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum and Nesterov momentum (PyTorch's form).
+
+    ``d = g + weight_decay * w`` (L2, like ``paddle.regularizer.L2Decay``); with momentum
+    ``v = momentum * v + d`` and the step is ``lr * (d + momentum * v)`` (Nesterov) or ``lr * v``.
+    """
+
+    name = "sgd"
+
+    def __init__(self, lr: "float | Schedule | Mapping[str, Any]" = 0.01, momentum: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0) -> None:
+        self.momentum = _number("SGD", "momentum", momentum, _UNIT)
+        if not isinstance(nesterov, bool):
+            raise ValueError(f"SGD: nesterov must be True or False, got {nesterov!r}")
+        if nesterov and self.momentum == 0.0:
+            raise ValueError("SGD: nesterov=True needs a momentum > 0")
+        self.nesterov = nesterov
+        super().__init__(lr, weight_decay)
+
+    def _state_arrays(self) -> tuple[str, ...]:
+        return ("momentum_buffer",) if self.momentum else ()
+
+    def _update(self, param: Parameter, grad: Any, lr: float) -> None:
+        w = param.value
+        decay, momentum = self.weight_decay, self.momentum
+        if not momentum:
+            if decay:
+                w *= 1.0 - lr * decay  # w - lr * (g + decay * w), without a temporary
+            w -= lr * grad
+            return
+        d = grad + decay * w if decay else grad
+        buf = self._state_for(param)["momentum_buffer"]
+        buf *= momentum
+        buf += d
+        if self.nesterov:
+            step = buf * momentum
+            step += d
+            step *= lr
+            w -= step
+        else:
+            w -= lr * buf
+
+    def config(self) -> dict[str, Any]:
+        return {"lr": self._lr_config(), "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
+
+
+class Adam(Optimizer):
+    """Adam with bias correction; ``weight_decay`` is L2 added to the gradient (``torch.optim.Adam``)."""
+
+    name = "adam"
+    _counts_steps = True
+    #: AdamW shrinks the weights directly instead of adding ``weight_decay * w`` to the gradient
+    _decoupled: ClassVar[bool] = False
+
+    def __init__(self, lr: "float | Schedule | Mapping[str, Any]" = 1e-3, betas: Sequence[float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        owner = type(self).__name__
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
+            raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = (_number(owner, "betas[0]", betas[0], _UNIT), _number(owner, "betas[1]", betas[1], _UNIT))
+        self.eps = _number(owner, "eps", eps, _NON_NEGATIVE)
+        super().__init__(lr, weight_decay)
+
+    def _state_arrays(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def _update(self, param: Parameter, grad: Any, lr: float) -> None:
+        w = param.value
+        xp = array_namespace(w)
+        beta1, beta2 = self.betas
+        decay = self.weight_decay
+        if decay:
+            if self._decoupled:
+                w *= 1.0 - lr * decay
+            else:
+                grad = grad + decay * w
+        state = self._state_for(param)
+        step = state["step"] = state["step"] + 1
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= beta1
+        m += (1.0 - beta1) * grad
+        tmp = grad * grad
+        tmp *= 1.0 - beta2
+        v *= beta2
+        v += tmp
+        tmp = xp.sqrt(v)
+        tmp /= math.sqrt(1.0 - beta2 ** step)
+        tmp += self.eps
+        tmp = m / tmp
+        tmp *= lr / (1.0 - beta1 ** step)
+        w -= tmp
+
+    def config(self) -> dict[str, Any]:
+        return {"lr": self._lr_config(), "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: ``w -= lr * weight_decay * w`` before the Adam step
+    (Loshchilov & Hutter; ``torch.optim.AdamW``), so decay does not pass through the moments.
+    """
+
+    name = "adamw"
+    _decoupled = True
+
+    def __init__(self, lr: "float | Schedule | Mapping[str, Any]" = 1e-3, betas: Sequence[float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
+        super().__init__(lr, betas, eps, weight_decay)
+
+
+class RMSprop(Optimizer):
+    """RMSprop as in ``torch.optim.RMSprop`` (not centered): ``s = alpha * s + (1 - alpha) * g**2``,
+    step ``lr * g / (sqrt(s) + eps)``, or with momentum ``b = momentum * b + g / (sqrt(s) + eps)``
+    and step ``lr * b``. ``weight_decay`` is L2 added to the gradient.
+    """
+
+    name = "rmsprop"
+
+    def __init__(self, lr: "float | Schedule | Mapping[str, Any]" = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        self.alpha = _number("RMSprop", "alpha", alpha, _UNIT)
+        self.eps = _number("RMSprop", "eps", eps, _NON_NEGATIVE)
+        self.momentum = _number("RMSprop", "momentum", momentum, _UNIT)
+        super().__init__(lr, weight_decay)
+
+    def _state_arrays(self) -> tuple[str, ...]:
+        return ("square_avg", "momentum_buffer") if self.momentum else ("square_avg",)
+
+    def _update(self, param: Parameter, grad: Any, lr: float) -> None:
+        w = param.value
+        xp = array_namespace(w)
+        alpha = self.alpha
+        if self.weight_decay:
+            grad = grad + self.weight_decay * w
+        state = self._state_for(param)
+        square_avg = state["square_avg"]
+        square_avg *= alpha
+        tmp = grad * grad
+        tmp *= 1.0 - alpha
+        square_avg += tmp
+        tmp = xp.sqrt(square_avg)
+        tmp += self.eps
+        tmp = grad / tmp
+        if self.momentum:
+            buf = state["momentum_buffer"]
+            buf *= self.momentum
+            buf += tmp
+            w -= lr * buf
+        else:
+            tmp *= lr
+            w -= tmp
+
+    def config(self) -> dict[str, Any]:
+        return {"lr": self._lr_config(), "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,
+                "weight_decay": self.weight_decay}
+
+
+# --------------------------------------------------------------------------- factory
+
+def _momentum_sgd(lr: Any = 0.01, momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0) -> SGD:
+    """``"momentum"``: SGD whose momentum defaults to 0.9."""
+    return SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+
+
+_OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
+    "sgd": SGD, "momentum": _momentum_sgd, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop,
+}
+
+
+def get_optimizer(spec: "Optimizer | str | Mapping[str, Any]", **kwargs: Any) -> Optimizer:
+    """An optimizer from an instance (returned as is), a name (``"sgd"``, ``"momentum"``, ``"adam"``,
+    ``"adamw"``, ``"rmsprop"``, any case) with constructor arguments, or a record
+    ``{"name": opt.name, **opt.config()}``.
+    """
+    return _build("optimizer", Optimizer, _OPTIMIZERS, spec, kwargs)

@@ -104,9 +104,8 @@ class Sequential:
         first = self.layers[self._first_trainable] if self._first_trainable < len(self.layers) else None
         if isinstance(first, Linear):
             return (first.in_features,)
-        in_channels = getattr(first, "in_channels", None)
-        raise ShapeError(f"the input shape of this model is unknown{' (' + str(in_channels) + ' channels)' if in_channels else ''}: "
-                         f"pass summary(input_shape=...) or call model.build(sample_shape) first")
+        raise ShapeError("the input shape of this model is unknown: pass summary(input_shape=(C, H, W)) "
+                         "or call model.build(sample_shape) first")
 
     # ---- parameters and state -------------------------------------------------------------
 

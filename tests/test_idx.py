@@ -53,7 +53,8 @@ HEADER_3D = bytes([0, 0, 0x08, 3]) + np.array([2, 4, 4], ">u4").tobytes()
     (b"PK\x03\x04rest", r"bad IDX magic number 0x504B0304: expected two zero bytes, found 0x504B"),
     (bytes([0, 0, 0x07, 1, 0, 0, 0, 1, 9]), r"unknown IDX data type code 0x07; expected one of 0x08 \(uint8\)"),
     (bytes([0, 0, 0x08, 0]), r"declares 0 dimensions"),
-    (bytes([0, 0, 0x08, 3, 0, 0, 0, 2]), r"declares 3 dimensions, which needs 16 header bytes, but the file has only 8"),
+    (bytes([0, 0, 0x08, 3, 0, 0, 0, 2]),
+     r"declares 3 dimensions, which needs 16 header bytes, but the file has only 8"),
     (HEADER_3D + bytes(20), r"truncated: the header says 2x4x4 uint8 values = 32 bytes after the 16-byte header, "
                             r"found 20 bytes"),
     (HEADER_3D + bytes(33), r"longer than its header says: .* = 32 bytes .* found 33 bytes"),

@@ -139,7 +139,8 @@ def test_image_folder_labels_and_layout(tmp_path):
     assert (ds.x[1] == 10).all()
     gray = ImageFolder(tmp_path, size=8, color="gray", classes=["dog", "cat"], workers=3)
     assert gray.x.shape == (5, 1, 8, 8) and gray.y.tolist() == [0, 0, 1, 1, 1]
-    np.testing.assert_array_equal(ImageFolder(tmp_path, size=8, workers=4).x, ImageFolder(tmp_path, size=8, workers=0).x)
+    parallel, serial = ImageFolder(tmp_path, size=8, workers=4), ImageFolder(tmp_path, size=8, workers=0)
+    np.testing.assert_array_equal(parallel.x, serial.x)
 
 
 def test_broken_files_warn_once_each_and_are_counted(tmp_path):

@@ -156,9 +156,11 @@ class ImageFolder:
     ``workers`` threads decode in parallel (Pillow releases the GIL; default: one per CPU; 0 or
     1 decodes in this thread). ``progress``: show a tqdm bar (default: from
     ``PROGRESS_MIN_FILES`` files on). ``cache=True`` stores the decoded arrays in
-    ``root/.xpnn-cache-<H>x<W>-<color>-<key>.npz`` (or in the folder ``cache`` names), keyed on
-    the relative paths, sizes and modification times of the files and on the settings, so any
-    change to the files rebuilds it; stale caches for the same settings are removed.
+    ``root/.xpnn-cache-<H>x<W>-<color>-<key>.npz`` (or in the folder ``cache`` names, with a
+    hash of ``root`` added to the name), keyed on the relative paths, sizes and modification
+    times of the files and on the settings, so any change to the files rebuilds it; stale caches
+    for the same root and settings are removed. Skipped files are recorded and warned about
+    again on a cache hit.
     """
 
     def __init__(self, root: "str | os.PathLike[str]", size: "int | Sequence[int]" = (128, 128), color: str = "rgb",
@@ -234,7 +236,8 @@ class ImageFolder:
 
     # ---------------------------------------------------------------- decoding
 
-    def _decode_all(self, files: list[Path], workers: int | None, progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
+    def _decode_all(self, files: list[Path], workers: int | None,
+                    progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.size
         x = np.empty((len(files), 3 if self.color == "rgb" else 1, h, w), dtype=np.uint8)
         errors: list[str | None] = [None] * len(files)
@@ -280,7 +283,8 @@ class ImageFolder:
 
     def _cache_file(self, cache: "bool | str | os.PathLike[str]", files: list[Path]) -> Path:
         folder = self.root if cache is True else Path(cache)
-        self._cache_tag = "" if cache is True else hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8] + "-"
+        root_hash = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
+        self._cache_tag = "" if cache is True else f"{root_hash}-"
         entries = []
         for f in files:
             st = f.stat()

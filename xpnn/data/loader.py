@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import backend
 
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "channel_stats"]
 
 Transform = Callable[[Any], Any]
 
@@ -21,9 +21,11 @@ class DataLoader:
     """Iterate ``(x_batch, y_batch)`` on ``device``.
 
     ``scale``: ``None`` (cast only), ``"unit"`` (divide by 255: uint8 images to [0, 1]), or a
-    ``(mean, std)`` pair to standardize. ``transform`` runs on each device batch of inputs when
-    ``train=True`` (augmentation, see ``xpnn.data.transforms``). ``seed`` makes the shuffle of
-    epoch ``e`` depend only on ``(seed, e)``, so a resumed run sees the same order.
+    ``(mean, std)`` pair to standardize, in the units of ``x``: two numbers, or two sequences
+    with one value per channel (axis 1, e.g. from :func:`channel_stats`). ``transform`` runs on
+    each device batch of inputs when ``train=True`` (augmentation, see
+    ``xpnn.data.transforms``). ``seed`` makes the shuffle of epoch ``e`` depend only on
+    ``(seed, e)``, so a resumed run sees the same order.
     """
 
     def __init__(self, x: Any, y: Any = None, batch_size: int | None = 32, *, shuffle: bool = False,
@@ -43,6 +45,7 @@ class DataLoader:
         self.shuffle, self.seed, self.dtype = shuffle, seed, dtype
         self.device = backend.resolve(device)
         self.scale, self.transform, self.drop_last = scale, transform, drop_last
+        self._shift_factor = self._standardize_constants(scale)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -95,5 +98,51 @@ class DataLoader:
             if self.scale != "unit":
                 raise ValueError(f"scale must be None, 'unit' or (mean, std), got {self.scale!r}")
             return xb * (1.0 / 255.0)
-        mean, std = self.scale
-        return (xb - float(mean)) * (1.0 / float(std))
+        shift, factor = self._shift_factor
+        return (xb - shift) * factor
+
+    def _standardize_constants(self, scale: Any) -> Any:
+        """``(mean, 1 / std)`` for a ``(mean, std)`` scale: floats, or per-channel device arrays."""
+        if scale is None or isinstance(scale, str):
+            if scale not in (None, "unit"):
+                raise ValueError(f"scale must be None, 'unit' or (mean, std), got {scale!r}")
+            return None
+        try:
+            mean, std = (np.asarray(backend.to_numpy(v), dtype=np.float64) for v in scale)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"scale must be None, 'unit' or (mean, std), got {scale!r}") from exc
+        if mean.shape != std.shape or mean.ndim > 1:
+            raise ValueError(f"scale (mean, std) must be two numbers or two 1-d sequences of one length, "
+                             f"got shapes {mean.shape} and {std.shape}")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+            raise ValueError(f"scale (mean, std) must be finite with std > 0, got mean={mean}, std={std}")
+        if mean.ndim == 0:
+            return float(mean), 1.0 / float(std)
+        channels = self.x.shape[1] if self.x.ndim >= 2 else None
+        if channels != mean.size:
+            from ..errors import DataError
+            raise DataError(f"scale has {mean.size} per-channel values but x has shape {self.x.shape} "
+                            f"({channels} channels on axis 1)")
+        shape = (1, mean.size) + (1,) * (self.x.ndim - 2)
+        return tuple(backend.to_device(v.reshape(shape), self.device, dtype=self.dtype) for v in (mean, 1.0 / std))
+
+
+def channel_stats(x: Any, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (axis 1) mean and standard deviation of host data, in its own units (float64).
+
+    Computed in batches with float64 sums, so uint8 image sets of any size fit; pass the result
+    as ``DataLoader(scale=...)`` or ``fit(..., scale=...)``. Use training data only.
+    """
+    x = x if isinstance(x, np.ndarray) else backend.to_numpy(x)
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"channel_stats needs a non-empty array of shape (N, C, ...), got {x.shape}")
+    axes = (0,) + tuple(range(2, x.ndim))
+    total = np.zeros(x.shape[1])
+    squares = np.zeros(x.shape[1])
+    for start in range(0, len(x), batch_size):
+        chunk = x[start:start + batch_size].astype(np.float64)
+        total += chunk.sum(axis=axes)
+        squares += np.square(chunk).sum(axis=axes)
+    count = x.size // x.shape[1]
+    mean = total / count
+    return mean, np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))

@@ -93,7 +93,8 @@ class RandomCrop:
 
     ``size`` is ``(height, width)`` or an int; it must fit the padded image. The usual CIFAR
     recipe is ``RandomCrop(32, padding=4)``: shifts of up to 4 pixels, keeping the shape. The
-    crop is one gather (``take``) with per-sample index arithmetic.
+    crop is one gather (``take_along_axis``, array API 2024.12) of per-sample flat positions,
+    broadcast over the channels.
     """
 
     def __init__(self, size: "int | Sequence[int]", padding: "int | Sequence[int]" = 0, fill: float = 0.0) -> None:
@@ -114,13 +115,12 @@ class RandomCrop:
         dev, i64 = device_of(x), xp.int64
         oy = xp.clip(xp.astype(xp.floor(u[0, :] * (hp - h + 1)), i64), 0, hp - h)
         ox = xp.clip(xp.astype(xp.floor(u[1, :] * (wp - w + 1)), i64), 0, wp - w)
-        plane = xp.reshape(xp.arange(n, dtype=i64, device=dev), (n, 1, 1, 1)) * c \
-            + xp.reshape(xp.arange(c, dtype=i64, device=dev), (1, c, 1, 1))
-        rows = _per_sample(oy, xp) + xp.reshape(xp.arange(h, dtype=i64, device=dev), (1, 1, h, 1))
-        cols = _per_sample(ox, xp) + xp.reshape(xp.arange(w, dtype=i64, device=dev), (1, 1, 1, w))
-        index = (plane * hp + rows) * wp + cols
-        flat = xp.take(xp.reshape(x, (-1,)), xp.reshape(index, (-1,)))
-        return xp.reshape(flat, (n, c, h, w))
+        # flat positions in each padded H*W plane, (N, 1, h*w): shared by the channels (broadcast)
+        rows = xp.reshape(oy, (n, 1, 1)) + xp.reshape(xp.arange(h, dtype=i64, device=dev), (1, h, 1))
+        cols = xp.reshape(ox, (n, 1, 1)) + xp.reshape(xp.arange(w, dtype=i64, device=dev), (1, 1, w))
+        index = xp.reshape(rows * wp + cols, (n, 1, h * w))
+        picked = xp.take_along_axis(xp.reshape(x, (n, c, hp * wp)), index, axis=2)
+        return xp.reshape(picked, (n, c, h, w))
 
     def __repr__(self) -> str:
         return f"RandomCrop(size={self.size}, padding={self.padding}, fill={self.fill})"

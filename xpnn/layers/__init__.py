@@ -1,9 +1,13 @@
 """xpnn layers: each maps ``x`` to ``(y, backprop)`` using only the array API standard."""
 from .activations import GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .base import Layer, Parameter
+from .conv import Conv2D
 from .dense import Linear
 from .dropout import Dropout
+from .normalization import BatchNorm1D, BatchNorm2D
+from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .shape import Flatten
 
 __all__ = ["Layer", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "GELU",
            "Flatten", "Dropout"]
+__all__ += ["Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm1D", "BatchNorm2D"]

@@ -19,11 +19,13 @@ def sigmoid(x: Any) -> Any:
 
 
 class ReLU(Layer):
+    """``max(x, 0)``. Written with ``maximum`` and a multiply by the 0/1 mask rather than ``where``:
+    NumPy's ``where`` with an unpredictable mask is about ten times slower."""
+
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         xp = array_namespace(x)
         positive = x > 0
-        y = xp.where(positive, x, xp.zeros_like(x))
-        return y, lambda dy: xp.where(positive, dy, xp.zeros_like(dy))
+        return xp.maximum(x, 0.0), lambda dy: dy * xp.astype(positive, dy.dtype)
 
 
 class LeakyReLU(Layer):

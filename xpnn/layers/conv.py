@@ -1,0 +1,181 @@
+"""Conv2D on NCHW images: one im2col gather (a strided slice per kernel offset) and one matmul.
+
+Inside the layer the batch is handled channel-major, as ``(C, N, H, W)``: the gathered columns
+are ``(C*kh*kw + 1, N*Ho*Wo)``, the output ``W @ cols`` comes out as ``(O, N, Ho, Wo)`` and is
+returned as a transposed NCHW *view* of that memory, so no layout copy is made on the way out,
+and the next convolution's channel-major view of it is free. The extra row of ones in ``cols``
+folds the bias into the matmul (its gradient comes out as the last column of ``dW``).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import array_api_extra as xpx
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
+
+from ..errors import ShapeError
+from ..init import initialize
+from .base import Backprop, Layer, Parameter
+
+__all__ = ["Conv2D"]
+
+Pair = tuple[int, int]
+
+
+def as_pair(value: Any, name: str, layer: str, minimum: int = 1) -> Pair:
+    """``3`` -> ``(3, 3)``; ``(3, 2)`` stays; anything else (or below ``minimum``) is a ValueError."""
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in pair)):
+        raise ValueError(f"{layer}: {name} must be an integer >= {minimum} or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def as_config(value: Any) -> Any:
+    """A constructor argument as JSON keeps it: tuples become lists."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def output_size(size: int, pads: Pair, kernel: int, stride: int, dilation: int = 1) -> int:
+    """Output length along one axis (floor mode, as PyTorch); < 1 when the kernel does not fit."""
+    return (size + pads[0] + pads[1] - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def window_slices(kernel: Pair, stride: Pair, out_hw: Pair, dilation: Pair = (1, 1)) -> Iterator[tuple[slice, slice]]:
+    """For each kernel offset (row-major), the strided (rows, cols) slices of the padded input it sees."""
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            top, left = i * dilation[0], j * dilation[1]
+            yield (slice(top, top + (out_hw[0] - 1) * stride[0] + 1, stride[0]),
+                   slice(left, left + (out_hw[1] - 1) * stride[1] + 1, stride[1]))
+
+
+def pad_hw(x: Any, pads: tuple[Pair, Pair], value: float = 0.0) -> Any:
+    """``x`` (rank 4) padded on its last two axes; ``x`` itself when there is nothing to pad."""
+    if pads == ((0, 0), (0, 0)):
+        return x
+    return xpx.pad(x, ((0, 0), (0, 0), pads[0], pads[1]), constant_values=value)
+
+
+def spatial_output_shape(layer: Layer, input_shape: tuple[int, ...], kernel: Pair, stride: Pair,
+                         pads: tuple[Pair, Pair], dilation: Pair = (1, 1)) -> Pair:
+    """(Ho, Wo) for an NCHW ``input_shape``; ShapeError naming the layer if the window does not fit."""
+    layer._check_rank(input_shape)
+    height, width = input_shape[2], input_shape[3]
+    out = (output_size(height, pads[0], kernel[0], stride[0], dilation[0]),
+           output_size(width, pads[1], kernel[1], stride[1], dilation[1]))
+    if out[0] < 1 or out[1] < 1:
+        extent = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
+        padded = (height + sum(pads[0]), width + sum(pads[1]))
+        raise ShapeError(
+            f"{layer.describe()}: the {extent[0]}x{extent[1]} window is larger than the padded input "
+            f"{padded[0]}x{padded[1]} (input shape {tuple(input_shape)}, padding {pads})"
+        )
+    return out
+
+
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation, as PyTorch) of NCHW input; weight is (out, in, kh, kw).
+
+    ``padding`` is an int, a pair (rows, cols), ``"valid"`` (none) or ``"same"`` (stride 1 only;
+    an odd total puts the extra row/column at the bottom/right, as PyTorch).
+    """
+
+    param_names = ("weight", "bias")
+    input_rank = 4
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: "int | Pair", stride: "int | Pair" = 1,
+                 padding: "int | Pair | str" = 0, dilation: "int | Pair" = 1, bias: bool = True, init: Any = "he",
+                 dtype: str = "float32") -> None:
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Conv2D: {name} must be a positive integer, got {value!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = as_pair(kernel_size, "kernel_size", "Conv2D")
+        self.stride = as_pair(stride, "stride", "Conv2D")
+        self.dilation = as_pair(dilation, "dilation", "Conv2D")
+        self.arguments = {"kernel_size": kernel_size, "stride": stride, "padding": padding, "dilation": dilation}
+        self.pads = self._resolve_padding(padding)
+        self.use_bias, self.init, self.dtype = bool(bias), init, dtype
+        kh, kw = self.kernel_size
+        fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
+        self.weight = Parameter(initialize(init, (out_channels, in_channels, kh, kw), fan_in, fan_out, dtype),
+                                "weight")
+        self.bias = Parameter(initialize("zeros", (out_channels,), fan_in, fan_out, dtype), "bias") \
+            if bias else None
+        if not bias:
+            self.param_names = ("weight",)
+
+    def _resolve_padding(self, padding: Any) -> tuple[Pair, Pair]:
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        if padding == "same":
+            if self.stride != (1, 1):
+                raise ValueError(f"Conv2D: padding='same' needs stride 1, got stride {self.stride}")
+            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            return (totals[0] // 2, totals[0] - totals[0] // 2), (totals[1] // 2, totals[1] - totals[1] // 2)
+        if isinstance(padding, str):
+            raise ValueError(f"Conv2D: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+        rows, cols = as_pair(padding, "padding", "Conv2D", minimum=0)
+        return (rows, rows), (cols, cols)
+
+    def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
+        xp = array_namespace(x)
+        n, c, h, w = (int(d) for d in x.shape)
+        out_hw = spatial_output_shape(self, tuple(x.shape), self.kernel_size, self.stride, self.pads, self.dilation)
+        out_c, taps = self.out_channels, self.kernel_size[0] * self.kernel_size[1]
+        weight, bias = self.weight, self.bias
+        rows = taps * c
+        # (O, C, kh, kw) -> (O, kh*kw*C): the row order of cols below is (offset, channel)
+        w_mat = xp.reshape(xp.permute_dims(weight.value, (0, 2, 3, 1)), (out_c, rows))
+        if bias is not None:
+            w_mat = xp.concat([w_mat, xp.reshape(bias.value, (out_c, 1))], axis=1)
+
+        padded = pad_hw(xp.permute_dims(x, (1, 0, 2, 3)), self.pads)
+        windows = list(window_slices(self.kernel_size, self.stride, out_hw, self.dilation))
+        cols = xp.empty((rows + (bias is not None), n, *out_hw), dtype=x.dtype, device=device_of(x))
+        for k, (hs, ws) in enumerate(windows):
+            cols = xpx.at(cols, (slice(k * c, (k + 1) * c), ...)).set(padded[:, :, hs, ws])
+        if bias is not None:
+            cols = xpx.at(cols, (rows, ...)).set(1.0)
+        cols = xp.reshape(cols, (rows + (bias is not None), n * out_hw[0] * out_hw[1]))
+        y = xp.matmul(w_mat, cols)
+        y = xp.permute_dims(xp.reshape(y, (out_c, n, *out_hw)), (1, 0, 2, 3))
+        padded_shape = tuple(padded.shape)
+
+        def backprop(dy: Any) -> Any:
+            dy_mat = xp.reshape(xp.permute_dims(dy, (1, 0, 2, 3)), (out_c, -1))
+            dw_mat = xp.matmul(dy_mat, xp.matrix_transpose(cols))
+            dw = xp.reshape(dw_mat[:, :rows], (out_c, *self.kernel_size, c))
+            weight.accumulate(xp.permute_dims(dw, (0, 3, 1, 2)))
+            if bias is not None:
+                bias.accumulate(dw_mat[:, rows])
+            if not input_grad:
+                return None
+            dcols = xp.reshape(xp.matmul(xp.matrix_transpose(w_mat[:, :rows]), dy_mat), (taps, c, n, *out_hw))
+            dx = xp.zeros(padded_shape, dtype=dy.dtype, device=device_of(dy))
+            for k, (hs, ws) in enumerate(windows):
+                dx = xpx.at(dx, (slice(None), slice(None), hs, ws)).add(dcols[k, ...])
+            (top, _), (left, _) = self.pads
+            return xp.permute_dims(dx[:, :, top:top + h, left:left + w], (1, 0, 2, 3))
+
+        return y, backprop
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._check_rank(input_shape)
+        if input_shape[1] != self.in_channels:
+            raise ShapeError(
+                f"{self.describe()} expects {self.in_channels} input channels (input shape "
+                f"{self.expected_input()}), got {input_shape[1]} (input shape {tuple(input_shape)})"
+            )
+        out_hw = spatial_output_shape(self, input_shape, self.kernel_size, self.stride, self.pads, self.dilation)
+        return (input_shape[0], self.out_channels, *out_hw)
+
+    def expected_input(self) -> str:
+        return f"(N, {self.in_channels}, H, W)"
+
+    def config(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                **{name: as_config(value) for name, value in self.arguments.items()}, "bias": self.use_bias,
+                "init": self.init if isinstance(self.init, str) else "custom", "dtype": self.dtype}

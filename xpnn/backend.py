@@ -24,7 +24,8 @@ from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_nam
 
 __all__ = [
     "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device",
-    "devices", "device_of", "to_device", "to_numpy", "seed", "host_rng", "random_uniform",
+    "devices", "device_of", "to_device", "to_numpy", "seed", "host_rng", "rng_state", "set_rng_state",
+    "random_uniform",
 ]
 
 GPU_INSTALL_HINT = 'pip install "xpnn[gpu]" (CuPy for CUDA 12; use cupy-cuda13x for CUDA 13)'
@@ -332,6 +333,19 @@ def seed(value: int) -> None:
 def host_rng() -> np.random.Generator:
     """The host generator initial weights and shuffles are drawn from."""
     return _host_rng
+
+
+def rng_state() -> dict[str, Any]:
+    """The host generator's state as JSON-able data (for checkpoints; see :func:`set_rng_state`)."""
+    return _host_rng.bit_generator.state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore a state from :func:`rng_state`, so draws continue exactly where they left off.
+
+    CuPy's device generators (dropout/augmentation on a GPU) have no such state to restore.
+    """
+    _host_rng.bit_generator.state = state
 
 
 @contextlib.contextmanager

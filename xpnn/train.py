@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 from array_api_compat import array_namespace
 
-from . import backend
+from . import backend, distributed
 from .data.loader import DataLoader
 from .errors import TrainingDivergedError
 from .losses import Loss, get_loss
@@ -58,10 +58,14 @@ class History:
         return history
 
     def to_json(self, path: str) -> None:
+        if not distributed.is_main():
+            return
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=1)
 
     def to_csv(self, path: str) -> None:
+        if not distributed.is_main():
+            return
         keys = list(self.history)
         with open(path, "w") as f:
             f.write(",".join(["epoch", *keys]) + "\n")
@@ -70,6 +74,8 @@ class History:
 
     def plot(self, path: str, metric: str = "loss", title: str | None = None) -> None:
         """Save a PNG of ``metric`` and ``val_<metric>`` per epoch (train vs validation)."""
+        if not distributed.is_main():
+            return
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -162,6 +168,8 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         from .io import save
+        if not distributed.is_main():
+            return
         if self.save_best_only:
             value = logs.get(self.monitor, math.nan)
             if math.isnan(value) or not _better(self.mode, value, self.best, 0.0):
@@ -194,10 +202,15 @@ def _prepare(model: Any, x: Any, y: Any, loss: Loss, names: tuple[str, str]) -> 
 
 
 class _Meter:
-    """Device-side sums of loss and correct predictions, read back only on :meth:`sync`."""
+    """Device-side sums of loss and correct predictions, read back only on :meth:`sync`.
 
-    def __init__(self, loss: Loss, epoch: int) -> None:
-        self.loss, self.epoch = loss, epoch
+    ``reduce`` (data-parallel training) sums them over ranks at each sync; ``seen`` is the
+    number of samples (on all ranks) the last sync counted.
+    """
+
+    def __init__(self, loss: Loss, epoch: int, reduce: Any = None) -> None:
+        self.loss, self.epoch, self.reduce = loss, epoch, reduce
+        self.seen = 0
         self.loss_sum: Any = 0.0
         self.correct: Any = 0
         self.samples = 0
@@ -234,10 +247,14 @@ class _Meter:
                     f"from_logits=True. Checkpoints already written are intact.")
             self.synced_batches += len(self.pending)
             self.pending.clear()
-        if self.samples:
-            self.values = {"loss": float(backend.to_numpy(self.loss_sum)) / self.samples}
+        loss_sum, correct, samples = self.loss_sum, self.correct, self.samples
+        if self.reduce is not None:
+            loss_sum, correct, samples = self.reduce(loss_sum, correct, samples)
+        self.seen = samples
+        if samples:
+            self.values = {"loss": float(backend.to_numpy(loss_sum)) / samples}
             if self.loss.task in ("binary", "multiclass"):
-                self.values["accuracy"] = float(backend.to_numpy(self.correct)) / self.samples
+                self.values["accuracy"] = float(backend.to_numpy(correct)) / samples
         return self.values
 
 
@@ -267,6 +284,8 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     batch. ``verbose``: 0 silent, 1 a progress bar per epoch, 2 one line per epoch. ``seed``
     fixes the shuffle order of every epoch. ``initial_epoch`` continues a run (epochs counts
     the last epoch number, as in Keras). Returns the :class:`History` (also ``model.history``).
+    After ``xpnn.distributed.init()`` in a multi-process job, ``batch_size`` is the global batch,
+    split over the ranks (see :mod:`xpnn.distributed`).
     """
     from .optim import SGD, get_optimizer
 
@@ -286,6 +305,10 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
         batch_size, shuffle = len(x_host), False  # one batch: its order does not change the gradient
     loader = DataLoader(x_host, y_host, batch_size, shuffle=shuffle, seed=seed, device=model.device,
                         dtype=model.dtype, scale=scale, transform=transform)
+    strategy = distributed.active()
+    if strategy is not None:
+        loader = strategy.prepare(model, loader, optimizer)
+        verbose = verbose if strategy.is_main else 0
     history = model.history if initial_epoch and isinstance(model.history, History) else History()
     model.history = history
     params = model.parameters()
@@ -300,7 +323,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
         if hasattr(optimizer, "set_epoch"):
             optimizer.set_epoch(epoch)
         loader.set_epoch(epoch)
-        meter = _Meter(loss, epoch)
+        meter = _Meter(loss, epoch, None if strategy is None else strategy.reduce_metrics)
         bar = _progress(verbose, len(x_host), epoch, epochs)
         started = last_sync = time.perf_counter()
         try:
@@ -308,22 +331,27 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
                 out, backprop = model(xb, train=True, input_grad=False)
                 value, dloss = loss(out, yb)
                 backprop(dloss())
+                if strategy is not None:
+                    strategy.reduce_gradients(params, int(out.shape[0]))
                 optimizer.step(params)
                 for p in params:
                     p.grad = None
                 meter.add(value, out, yb)
                 now = time.perf_counter()
-                if now - last_sync >= SYNC_SECONDS:
+                if (now - last_sync >= SYNC_SECONDS) if strategy is None else strategy.sync_due():
                     logs = meter.sync(batches)
                     last_sync = now
                     if bar is not None:
-                        bar.update(meter.samples - bar.n)
+                        bar.update(meter.seen - bar.n)
                         bar.set_postfix_str(_format(logs), refresh=False)
             logs = dict(meter.sync(batches))
             seconds = time.perf_counter() - started
+            if strategy is not None:
+                strategy.end_epoch(model)
             if val is not None:
-                logs.update({f"val_{k}": v for k, v in
-                             evaluate(model, *val, loss=loss, batch_size=max(batch_size, 256)).items()})
+                run = evaluate if strategy is None else strategy.evaluate
+                val_logs = run(model, *val, loss=loss, batch_size=max(batch_size, 256), scale=scale)
+                logs.update({f"val_{k}": v for k, v in val_logs.items()})
             if bar is not None:
                 bar.set_postfix_str(_format(logs), refresh=False)
             logs["seconds"] = seconds
@@ -332,7 +360,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
                 logs["lr"] = float(optimizer.lr)
         finally:
             if bar is not None:
-                bar.update(meter.samples - bar.n)
+                bar.update(meter.seen - bar.n)
                 bar.close()
         history.append(epoch + 1, logs)
         if verbose == 2:

@@ -1,0 +1,296 @@
+"""The ``xpnn`` command, run for real in subprocesses (``python -m xpnn``) on small data.
+
+One short training run on the shipped Fashion-MNIST sample and one on a generated image folder
+are shared by the tests (module-scoped fixtures); the rest are quick error cases.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import xpnn
+from xpnn import metrics
+from xpnn.datasets import FASHION_MNIST_CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+       "XPNN_DEVICE": "cpu", "OMP_NUM_THREADS": "2"}
+SMALL = ["--limit", "600", "--quiet"]
+
+
+def xpnn_cmd(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "xpnn", *map(str, args)], capture_output=True, text=True, env=ENV,
+                          cwd=cwd, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"xpnn {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit code 2 and exactly one `xpnn: error:` line naming the problem, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xpnn: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def weights(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files if k.startswith("model/")}
+
+
+@pytest.fixture(scope="module")
+def fashion_run(tmp_path_factory):
+    """The default network (2-conv CNN) trained 2 epochs on 600 sample images."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    proc = xpnn_cmd("train", "--epochs", "2", *SMALL, "--out", out)
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Two classes of 20x20 RGB PNGs: reddish 'cat' and bluish 'dog', with noise."""
+    root = tmp_path_factory.mktemp("pets")
+    rng = np.random.default_rng(0)
+    for name, channel in (("cat", 0), ("dog", 2)):
+        (root / name).mkdir()
+        for i in range(24):
+            a = rng.integers(0, 120, (20, 20, 3), dtype=np.uint8)
+            a[..., channel] += 120
+            Image.fromarray(a).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def catdog_run(tmp_path_factory, image_folder):
+    out = tmp_path_factory.mktemp("cli") / "catdog"
+    xpnn_cmd("train", "--data", image_folder, "--model", "catdog", "--image-size", "16", "--epochs", "2",
+             "--batch-size", "8", "--quiet", "--out", out)
+    return out
+
+
+# --------------------------------------------------------------------------- train
+
+
+def test_train_writes_the_run_folder(fashion_run):
+    out, proc = fashion_run
+    for name in ("model.npz", "checkpoint.npz", "history.csv", "history.json", "loss.png", "accuracy.png",
+                 "confusion_matrix.png", "confusion_matrix.txt", "run.json"):
+        assert (out / name).is_file(), name
+    for name in ("loss.png", "accuracy.png", "confusion_matrix.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG"
+    accuracy = float(re.search(r"test accuracy: ([0-9.]+)", proc.stdout).group(1))
+    assert accuracy > 0.5  # chance is 0.1
+    run = json.loads((out / "run.json").read_text())
+    assert run["command"] == f"xpnn train --epochs 2 --limit 600 --quiet --out {out}"
+    assert run["status"] == "completed" and run["epochs_completed"] == 2 and run["device"] == "cpu"
+    assert set(run["versions"]) >= {"xpnn", "numpy", "array-api-compat", "python"}
+    assert run["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    assert run["settings"]["model"] == "cnn" and run["data"]["train"] == 540 and run["data"]["validation"] == 60
+    history = json.loads((out / "history.json").read_text())
+    assert history["epoch"] == [1, 2]
+    assert all(0 < v < 5 for v in history["val_loss"])  # validation inputs are scaled like training inputs
+    assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy")
+    assert len(re.findall(r"^epoch \d/2: loss", proc.stdout, re.M)) == 2  # --quiet: one line per epoch
+    assert "Shirt" in (out / "confusion_matrix.txt").read_text()
+
+
+def test_model_file_keeps_what_predict_needs(fashion_run):
+    out, _ = fashion_run
+    model = xpnn.load(out / "model.npz")
+    assert model.metadata["classes"] == list(FASHION_MNIST_CLASSES)
+    assert model.metadata["input"] == {"size": [28, 28], "color": "gray", "channels": 1, "scale": "unit"}
+    assert [layer["type"] for layer in model.config()["layers"]] == [
+        "Conv2D", "ReLU", "MaxPool2D", "Conv2D", "ReLU", "MaxPool2D", "Flatten", "Linear", "ReLU", "Linear"]
+
+
+def test_evaluate_reproduces_the_test_accuracy(fashion_run):
+    out, _ = fashion_run
+    result = json.loads(xpnn_cmd("evaluate", out / "model.npz", "--limit", "600", "--json").stdout)
+    run = json.loads((out / "run.json").read_text())
+    assert result["images"] == 600 and result["accuracy"] == pytest.approx(run["test"]["accuracy"])
+    cm = np.array(result["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 600 and len(result["precision"]) == 10
+    text = xpnn_cmd("evaluate", out / "model.npz", "--limit", "600").stdout
+    assert "precision" in text and f"accuracy: {run['test']['accuracy']:.4f}" in text
+
+
+def test_predict_png_files(fashion_run, tmp_path):
+    out, _ = fashion_run
+    (_, _), (x_test, y_test) = xpnn.datasets.fashion_mnist_sample()
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"sample{i}.png")
+        Image.fromarray(x_test[i, 0]).save(files[-1])
+    results = json.loads(xpnn_cmd("predict", out / "model.npz", *files, "--top-k", "3", "--json").stdout)
+    model = xpnn.load(out / "model.npz")
+    expected = metrics.probabilities(model.predict(x_test[:4], scale="unit"))
+    assert [r["image"] for r in results] == [str(f) for f in files]
+    for result, probs in zip(results, expected):
+        top = result["predictions"]
+        assert len(top) == 3 and top[0]["index"] == int(np.argmax(probs))
+        assert top[0]["class"] == FASHION_MNIST_CLASSES[top[0]["index"]]
+        assert top[0]["probability"] == pytest.approx(probs[top[0]["index"]], abs=1e-5)
+        assert top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
+    lines = xpnn_cmd("predict", out / "model.npz", files[0]).stdout.splitlines()
+    assert len(lines) == 1 and results[0]["predictions"][0]["class"] in lines[0]
+
+
+def test_info_and_devices(fashion_run):
+    out, _ = fashion_run
+    info = xpnn_cmd("info", out / "checkpoint.npz").stdout
+    assert "Conv2D" in info and "Total parameters: 421,642" in info and "Adam" in info
+    assert "classes (10): T-shirt/top" in info and "2 of 2 epoch(s)" in info
+    assert "test accuracy" in xpnn_cmd("info", out / "model.npz").stdout
+    devices = xpnn_cmd("devices").stdout
+    assert "numpy" in devices and "--device auto picks:" in devices
+    assert json.loads(xpnn_cmd("devices", "--json").stdout)["devices"][0] == "cpu"
+
+
+def test_image_folder_rgb_model(catdog_run, image_folder):
+    model = xpnn.load(catdog_run / "model.npz")
+    assert model.metadata["classes"] == ["cat", "dog"] and model.input_shape == (3, 16, 16)
+    assert json.loads((catdog_run / "run.json").read_text())["data"]["test"] == 10  # 20% of 48, stratified
+    results = json.loads(xpnn_cmd("predict", catdog_run / "model.npz", image_folder / "dog" / "0.png",
+                                  "--top-k", "5", "--json").stdout)
+    assert {p["class"] for p in results[0]["predictions"]} == {"cat", "dog"}  # top-k capped at 2 classes
+
+
+def test_tutorial_mlp_is_binary_for_two_classes(image_folder, tmp_path):
+    out = tmp_path / "mlp"
+    xpnn_cmd("train", "--data", image_folder, "--model", "tutorial-mlp", "--image-size", "8", "--epochs", "1",
+             "--quiet", "--out", out)
+    model = xpnn.load(out / "model.npz")
+    assert model.config()["layers"][-1]["config"]["out_features"] == 1 and model.loss.task == "binary"
+    result = json.loads(xpnn_cmd("predict", out / "model.npz", image_folder / "cat" / "1.png", "--top-k", "2",
+                                 "--json").stdout)
+    assert sum(p["probability"] for p in result[0]["predictions"]) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    # mlp has dropout and --augment draws random flips/crops: both need the RNG state restored
+    common = ["--model", "mlp", "--augment", "--limit", "300", "--quiet"]
+    xpnn_cmd("train", *common, "--epochs", "2", "--out", tmp_path / "straight")
+    xpnn_cmd("train", *common, "--epochs", "1", "--out", tmp_path / "resumed")
+    proc = xpnn_cmd("train", "--resume", tmp_path / "resumed", "--epochs", "2", "--quiet")
+    assert "resuming after epoch 1" in proc.stdout
+    a, b = weights(tmp_path / "straight" / "checkpoint.npz"), weights(tmp_path / "resumed" / "checkpoint.npz")
+    assert a.keys() == b.keys() and len(a) == 6
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    h1 = json.loads((tmp_path / "straight" / "history.json").read_text())
+    h2 = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert h1["loss"] == h2["loss"] and h2["epoch"] == [1, 2]
+    run = json.loads((tmp_path / "resumed" / "run.json").read_text())
+    assert len(run["commands"]) == 2 and run["commands"][1].startswith("xpnn train --resume")
+    again = xpnn_cmd("train", "--resume", tmp_path / "resumed", check=False)
+    assert_user_error(again, "already trained 2 epoch(s)", "--epochs")
+
+
+def test_ctrl_c_saves_and_can_resume(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "xpnn", "train", "--model", "tutorial-cnn", "--limit", "200",
+                             "--epochs", "10000", "--quiet", "--out", str(out)], env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    history = out / "history.csv"
+    while not (history.is_file() and len(history.read_text().splitlines()) >= 3):  # 2 epochs done
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and f"xpnn train --resume {out}" in err and "Traceback" not in err
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    done = xpnn.load(out / "checkpoint.npz").metadata["epoch"]
+    assert done >= 2 and xpnn.load(out / "model.npz").metadata["interrupted"]
+    xpnn_cmd("train", "--resume", out, "--epochs", str(done + 1), "--quiet")
+    assert xpnn.load(out / "model.npz").metadata["epoch"] == done + 1
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = xpnn_cmd("train", "--model", "mlp", "--optimizer", "sgd", "--lr", "1e8", "--limit", "300", "--quiet",
+                    "--out", out, check=False)
+    assert proc.returncode == 1
+    assert "xpnn: error: the loss became nan" in proc.stderr and "checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr and "warning" not in proc.stderr
+    assert xpnn.load(out / "checkpoint.npz").metadata["epoch"] == 0
+    assert all(np.isfinite(v).all() for v in weights(out / "checkpoint.npz").values())
+    assert json.loads((out / "run.json").read_text())["status"] == "diverged"
+
+
+# --------------------------------------------------------------------------- errors a user can fix
+
+
+def test_error_missing_paths(tmp_path):
+    assert_user_error(xpnn_cmd("train", "--data", tmp_path / "nope", check=False), "no such file or folder")
+    assert_user_error(xpnn_cmd("evaluate", tmp_path / "nope.npz", check=False), "does not exist")
+    assert_user_error(xpnn_cmd("info", tmp_path / "nope.npz", check=False), "does not exist")
+    assert_user_error(xpnn_cmd("train", "--resume", tmp_path, check=False), "no checkpoint.npz")
+
+
+def test_error_one_class_folder(tmp_path):
+    (tmp_path / "only").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "only" / "a.png")
+    assert_user_error(xpnn_cmd("train", "--data", tmp_path, check=False), "one class folder", "at least two")
+
+
+def test_error_unreadable_image(fashion_run, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert_user_error(xpnn_cmd("predict", fashion_run[0] / "model.npz", bad, check=False), str(bad),
+                      "cannot read as an image")
+    assert_user_error(xpnn_cmd("predict", fashion_run[0] / "model.npz", tmp_path / "none.png", check=False),
+                      "does not exist")
+    debug = xpnn_cmd("predict", fashion_run[0] / "model.npz", bad, "--debug", check=False)
+    assert "Traceback" in debug.stderr and "DataError" in debug.stderr
+
+
+def _rewrite_header(src: Path, dst: Path, change) -> None:
+    with np.load(src, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    header = json.loads(str(arrays["__xpnn__"]))
+    change(header)
+    arrays["__xpnn__"] = np.array(json.dumps(header))
+    np.savez(dst, **arrays)
+
+
+def test_error_model_files_that_do_not_fit(fashion_run, catdog_run, tmp_path):
+    model = fashion_run[0] / "model.npz"
+    newer = tmp_path / "newer.npz"
+    _rewrite_header(model, newer, lambda h: h.update(format_version=99))
+    assert_user_error(xpnn_cmd("info", newer, check=False), "newer xpnn", "upgrade")
+
+    def unknown_layer(header):
+        header["architecture"]["layers"][0]["type"] = "Conv3D"
+    alien = tmp_path / "alien.npz"
+    _rewrite_header(model, alien, unknown_layer)
+    assert_user_error(xpnn_cmd("evaluate", alien, check=False), "cannot rebuild the architecture", "Conv3D")
+
+    other = xpnn_cmd("evaluate", catdog_run / "model.npz", "--data", "fashion-mnist-sample", check=False)
+    assert_user_error(other, "(3, 16, 16)", "(1, 28, 28)")
+    resumed = xpnn_cmd("train", "--resume", fashion_run[0], "--model", "mlp", "--epochs", "3", check=False)
+    assert_user_error(resumed, "--model mlp differs from the run being resumed (cnn)")
+
+
+def test_error_gpu_that_is_not_there():
+    if len(xpnn.devices()) > 1:
+        pytest.skip("this machine has a GPU")
+    assert_user_error(xpnn_cmd("train", "--device", "gpu:0", check=False), "gpu:0", "--device cpu")

@@ -1,0 +1,697 @@
+"""The ``xpnn`` command: ``train``, ``evaluate``, ``predict``, ``devices``, ``info``.
+
+Exit codes: 0 success; 1 training diverged (NaN/inf loss); 2 an error the user can fix (a
+missing path, unusable data, a model file that does not fit, a GPU that is not there), printed
+as one ``xpnn: error: ...`` line (``--debug`` shows the traceback); 130 interrupted (Ctrl-C).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import __version__, backend, metrics, zoo
+from .data import datasets
+from .errors import TrainingDivergedError
+from .io import load, load_checkpoint, save
+from .train import Callback, History, predict
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+SAMPLE = "fashion-mnist-sample"
+NAMED_DATA = {SAMPLE: "the Fashion-MNIST sample shipped with xpnn", "fashion-mnist": "Fashion-MNIST",
+              "mnist": "MNIST"}
+MODEL_FILE, CHECKPOINT_FILE = "model.npz", "checkpoint.npz"
+DEFAULT_IMAGE_SIZE = 64
+IDX_SIZE = 28
+SCALE = "unit"
+#: training settings: the defaults, and (all but epochs) what a resumed run must keep
+DEFAULTS: dict[str, Any] = {"data": SAMPLE, "model": "cnn", "image_size": None, "color": None, "epochs": 3,
+                            "batch_size": 64, "optimizer": "adam", "lr": None, "seed": 0, "augment": False,
+                            "val_split": 0.1, "limit": None}
+
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+class CLIError(Exception):
+    """A problem the user can fix; main() prints it as one line and exits with 2."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Dataset:
+    """Host arrays (uint8 NCHW images, int64 labels) and how the images were made."""
+
+    train: Split
+    test: Split
+    classes: list[str]
+    color: str
+    size: tuple[int, int]
+    source: str
+
+
+def _data_spec(spec: str) -> str:
+    """A data set name as is; a path made absolute (so a resumed run finds it from anywhere)."""
+    if spec in NAMED_DATA:
+        return spec
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise CLIError(f"--data {spec}: no such file or folder. Pass an image folder (root/<class>/<image>), a folder "
+                       f"of MNIST-format IDX files, or one of: {', '.join(NAMED_DATA)}")
+    if not path.is_dir():
+        raise CLIError(f"--data {spec} is a file; pass a folder: an image folder (root/<class>/<image>) or a folder "
+                       f"of MNIST-format IDX files")
+    return str(path.resolve())
+
+
+def _is_idx_folder(path: Path) -> bool:
+    folders = [path, *(p for p in path.iterdir() if p.is_dir())]
+    return any(f.name.endswith(("-ubyte", "-ubyte.gz")) for folder in folders for f in folder.iterdir())
+
+
+def _check_idx_options(spec: str, size: int | None, color: str | None) -> None:
+    if size not in (None, IDX_SIZE):
+        raise CLIError(f"--image-size {size}: {spec} holds {IDX_SIZE}x{IDX_SIZE} images; leave --image-size out")
+    if color not in (None, "gray"):
+        raise CLIError(f"--color {color}: {spec} holds gray images; leave --color out")
+
+
+def _image_folder(path: Path, size: int, color: str, classes: Sequence[str] | None) -> Any:
+    from .data.images import ImageFolder
+    folder = ImageFolder(path, size=size, color=color, classes=classes)
+    if len(folder.classes) < 2:
+        raise CLIError(f"{path} has one class folder ({folder.classes[0]!r}); a classifier needs at least two: put "
+                       f"each class's images in its own subfolder, e.g. {path}/cat and {path}/dog")
+    return folder
+
+
+def load_data(spec: str, image_size: int | None = None, color: str | None = None, seed: int = 0,
+              classes: Sequence[str] | None = None, split: bool = True) -> Dataset:
+    """The data set ``spec`` names (see ``xpnn train --help``), split into train and test parts.
+
+    An image folder with ``train/`` and ``test/`` subfolders uses them; any other image folder
+    is split 80/20 (stratified, seeded), or with ``split=False`` is all test data. ``classes``
+    fixes the class order of an image folder (a trained model's classes).
+    """
+    if spec in NAMED_DATA or _is_idx_folder(Path(spec)):
+        _check_idx_options(spec, image_size, color)
+        if spec == SAMPLE:
+            parts, names = datasets.fashion_mnist_sample(), datasets.FASHION_MNIST_CLASSES
+        elif spec == "fashion-mnist" or (spec not in NAMED_DATA and "fashion" in Path(spec).name.lower()):
+            parts, names = datasets.fashion_mnist(None if spec in NAMED_DATA else spec), datasets.FASHION_MNIST_CLASSES
+        else:
+            parts, names = datasets.mnist(None if spec in NAMED_DATA else spec), datasets.MNIST_CLASSES
+        return Dataset(parts[0], parts[1], list(names), "gray", (IDX_SIZE, IDX_SIZE), NAMED_DATA.get(spec, spec))
+    root = Path(spec)
+    size, color = image_size or DEFAULT_IMAGE_SIZE, color or "rgb"
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train = _image_folder(root / "train", size, color, classes)
+        test = _image_folder(root / "test", size, color, train.classes)
+        parts = ((train.x, train.y), (test.x, test.y))
+    else:
+        folder = _image_folder(root, size, color, classes)
+        train = folder
+        if split:
+            from .data.split import train_test_split
+            parts = train_test_split(folder.x, folder.y, test_size=0.2, seed=seed)
+        else:
+            parts = ((folder.x[:0], folder.y[:0]), (folder.x, folder.y))
+    return Dataset(parts[0], parts[1], list(train.classes), color, (size, size), f"image folder {spec}")
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if isinstance(exc, backend.DeviceError):
+        text += " On the command line: --device cpu, or --device auto to use a GPU only when there is one."
+    return text or type(exc).__name__
+
+
+def _select_device(spec: str | None) -> tuple[backend.Device, str]:
+    """Activate ``spec`` (default: $XPNN_DEVICE, else "auto"); returns it and why auto chose the CPU."""
+    spec = spec or os.environ.get("XPNN_DEVICE") or "auto"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        device = backend.set_device(spec)
+    note = ""
+    if spec.strip().lower() == "auto":
+        note = "auto: " + ("no GPU found" if caught else "GPU found")
+    return device, note
+
+
+def _versions() -> dict[str, str]:
+    out = {"xpnn": __version__, "numpy": np.__version__, "python": platform.python_version()}
+    for name, module in (("array-api-compat", "array_api_compat"), ("cupy", "cupy")):
+        if importlib.util.find_spec(module) is not None:
+            try:
+                out[name] = importlib.metadata.version(name if name != "cupy" else _cupy_distribution())
+            except importlib.metadata.PackageNotFoundError:
+                out[name] = getattr(importlib.import_module(module), "__version__", "unknown")
+    return out
+
+
+def _cupy_distribution() -> str:
+    names = [d.metadata["Name"] for d in importlib.metadata.distributions()
+             if (d.metadata["Name"] or "").lower().startswith("cupy")]
+    return names[0] if names else "cupy"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _input_spec(model: Any) -> dict[str, Any]:
+    """How images must be loaded for ``model``: from its metadata, else guessed from its input shape."""
+    meta = getattr(model, "metadata", None) or {}
+    if "input" in meta:
+        return meta["input"]
+    if not model.input_shape or len(model.input_shape) != 3:
+        raise CLIError("this model file does not say what images it takes (no input metadata and no (C, H, W) "
+                       "input shape); it was not trained by `xpnn train`")
+    c, h, w = model.input_shape
+    return {"size": [h, w], "color": "gray" if c == 1 else "rgb", "channels": c, "scale": SCALE}
+
+
+def _classes(model: Any) -> list[str]:
+    meta = getattr(model, "metadata", None) or {}
+    if "classes" in meta:
+        return list(meta["classes"])
+    outputs = model.output_shapes()[-1][-1]
+    return [str(i) for i in range(2 if outputs == 1 else outputs)]
+
+
+def _require_model_file(path: str) -> None:
+    if not Path(path).is_file():
+        raise CLIError(f"model file {path} does not exist; pass the model.npz (or checkpoint.npz) that `xpnn train` "
+                       f"wrote into its output folder")
+
+
+def _load_model(path: str, device: Any = None) -> Any:
+    _require_model_file(path)
+    return load(path, device)
+
+
+def _scores(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+    return metrics.probabilities(predict(model, x, batch_size=batch_size, scale=SCALE))
+
+
+def _check_fits(model: Any, data: Dataset, x: np.ndarray) -> None:
+    """The data's images and classes are the ones the model was trained on."""
+    if model.input_shape and tuple(model.input_shape) != tuple(x.shape[1:]):
+        raise CLIError(f"the model takes images of shape {tuple(model.input_shape)} but {data.source} gives "
+                       f"{tuple(x.shape[1:])}: evaluate it on data like the data it was trained on")
+    known = _classes(model)
+    if list(data.classes) != known:
+        raise CLIError(f"the model was trained on the classes {', '.join(known)} but {data.source} has "
+                       f"{', '.join(data.classes)}")
+
+
+# --------------------------------------------------------------------------- train
+
+
+class _Checkpoint(Callback):
+    """After every epoch: model, optimizer state, host RNG state, epoch and history, atomically."""
+
+    def __init__(self, path: Path, optimizer: Any, metadata: dict[str, Any], out: Path) -> None:
+        self.path, self.optimizer, self.metadata, self.out = path, optimizer, metadata, out
+        self.saved_epoch = int(metadata.get("epoch", 0))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        save(self.model, self.path, optimizer=self.optimizer,
+             metadata={**self.metadata, "epoch": epoch + 1, "history": self.model.history.to_dict(),
+                       "rng_state": backend.rng_state()})
+        self.saved_epoch = epoch + 1
+        _write_history(self.model.history, self.out, plots=False)
+
+
+def _write_history(history: History, out: Path, plots: bool = True) -> None:
+    history.to_csv(str(out / "history.csv"))
+    history.to_json(str(out / "history.json"))
+    if plots and len(history):
+        history.plot(str(out / "loss.png"), "loss", title="loss (cross-entropy)")
+        if "accuracy" in history.history:
+            history.plot(str(out / "accuracy.png"), "accuracy", title="accuracy")
+
+
+def _settings(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's settings: the checkpoint's when resuming (only --epochs may change), else args + defaults."""
+    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+    if "data" in given:
+        given["data"] = _data_spec(given["data"])
+    if saved is None:
+        return {**DEFAULTS, **given}
+    for key, value in given.items():
+        if key != "epochs" and key in saved and value != saved[key]:
+            raise CLIError(f"--{key.replace('_', '-')} {value} differs from the run being resumed ({saved[key]}); a "
+                           f"resumed run keeps its settings (only --epochs may change): leave it out, or start a "
+                           f"new run with --out")
+    return {**saved, **({"epochs": given["epochs"]} if "epochs" in given else {})}
+
+
+def _transform(settings: dict[str, Any], data: Dataset) -> Any:
+    if not settings["augment"]:
+        return None
+    from .data.transforms import ColorJitter, Compose, RandomCrop, RandomHorizontalFlip
+    size = data.size
+    steps: list[Any] = [RandomHorizontalFlip(), RandomCrop(size, padding=max(1, size[0] // 8))]
+    if data.color == "rgb":
+        steps.append(ColorJitter(brightness=0.2, contrast=0.2))
+    return Compose(steps)
+
+
+def _new_out_dir() -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out, n = Path("runs") / stamp, 1
+    while out.exists():
+        n += 1
+        out = Path("runs") / f"{stamp}-{n}"
+    return out
+
+
+def _output_folder(args: argparse.Namespace) -> Path:
+    """The run folder: the one resumed (which must hold a checkpoint), --out, or a new runs/<time>."""
+    if args.resume:
+        resume = Path(args.resume)
+        if args.out and Path(args.out).resolve() != resume.resolve():
+            raise CLIError("--out and --resume name different folders; a resumed run writes into the folder it resumes")
+        if not (resume / CHECKPOINT_FILE).is_file():
+            raise CLIError(f"--resume {resume}: there is no {CHECKPOINT_FILE} in that folder; pass the output folder "
+                           f"of an earlier `xpnn train` run")
+        return resume
+    out = Path(args.out) if args.out else _new_out_dir()
+    if (out / CHECKPOINT_FILE).exists():
+        raise CLIError(f"--out {out} already holds a run; continue it with `xpnn train --resume {out}`, or choose "
+                       f"another --out")
+    return out
+
+
+def _training_data(settings: dict[str, Any]) -> tuple[Dataset, Split, Split | None, Split]:
+    """``(data, train, validation or None, test)``: the same arrays for the same settings, every time."""
+    data = load_data(settings["data"], settings["image_size"], settings["color"], settings["seed"])
+    (x_train, y_train), (x_test, y_test) = data.train, data.test
+    if settings["limit"]:
+        x_train, y_train = x_train[:settings["limit"]], y_train[:settings["limit"]]
+        x_test, y_test = x_test[:settings["limit"]], y_test[:settings["limit"]]
+    if not settings["val_split"]:
+        return data, (x_train, y_train), None, (x_test, y_test)
+    from .data.split import split_indices
+    train_idx, val_idx = split_indices(y_train, test_size=settings["val_split"], seed=settings["seed"])
+    return data, (x_train[train_idx], y_train[train_idx]), (x_train[val_idx], y_train[val_idx]), (x_test, y_test)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    started = time.time()
+    out = _output_folder(args)
+    device, note = _select_device(args.device)
+    if args.resume:
+        model, optimizer, meta = load_checkpoint(out / CHECKPOINT_FILE, device)
+        settings = _settings(args, meta.get("settings"))
+        initial_epoch = int(meta["epoch"])
+        if initial_epoch >= settings["epochs"]:
+            raise CLIError(f"the run in {out} has already trained {initial_epoch} epoch(s); pass --epochs N with "
+                           f"N > {initial_epoch} to train further")
+    else:
+        settings, initial_epoch = _settings(args, None), 0
+    backend.seed(settings["seed"])
+    data, (x_train, y_train), validation, (x_test, y_test) = _training_data(settings)
+    if args.resume:
+        _check_fits(model, data, x_train)
+        backend.set_rng_state(meta["rng_state"])
+        model.history = History.from_dict(meta.get("history", {}))
+    else:
+        from .optim import get_optimizer
+        model = zoo.build(settings["model"], x_train.shape[1:], len(data.classes))
+        model.loss = zoo.loss_for(model)
+        optimizer = get_optimizer(settings["optimizer"], **({} if settings["lr"] is None else {"lr": settings["lr"]}))
+        settings["lr"] = optimizer.lr
+        out.mkdir(parents=True, exist_ok=True)
+    metadata = {"model": settings["model"], "classes": data.classes, "settings": settings,
+                "input": {"size": list(data.size), "color": data.color, "channels": int(x_train.shape[1]),
+                          "scale": SCALE},
+                "data": {"source": data.source, "train": len(x_train),
+                         "validation": 0 if validation is None else len(validation[0]), "test": len(x_test)},
+                "versions": _versions()}
+    checkpoint = _Checkpoint(out / CHECKPOINT_FILE, optimizer, {**metadata, "epoch": initial_epoch}, out)
+    if not args.resume:
+        checkpoint.model, model.history = model, History()
+        checkpoint.on_epoch_end(-1, {})
+    run = _run_record(out, args, settings, metadata, device, started)
+    print(f"xpnn {__version__}: training {settings['model']} ({model.count_params():,} parameters) on {device.name}"
+          f"{f' ({note})' if note else ''}", flush=True)
+    print(f"data: {data.source}: {len(x_train):,} train / {metadata['data']['validation']:,} validation / "
+          f"{len(x_test):,} test images, {'x'.join(map(str, x_train.shape[1:]))}, {len(data.classes)} classes",
+          flush=True)
+    print(f"{settings['epochs']} epochs{f' (resuming after epoch {initial_epoch})' if initial_epoch else ''}, "
+          f"batch {settings['batch_size']}, {settings['optimizer']} lr {settings['lr']:g}, seed {settings['seed']}"
+          f"{', augmented' if settings['augment'] else ''}; output in {out}", flush=True)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # fit reports a NaN/inf loss itself
+            model.fit(x_train, y_train, optimizer=optimizer, epochs=settings["epochs"],
+                      batch_size=settings["batch_size"], seed=settings["seed"], validation_data=validation,
+                      callbacks=[checkpoint], verbose=2 if args.quiet else 1, scale=SCALE,
+                      transform=_transform(settings, data), initial_epoch=initial_epoch)
+    except KeyboardInterrupt:
+        done = checkpoint.saved_epoch
+        save(model, out / MODEL_FILE, metadata={**metadata, "epoch": done, "interrupted": True})
+        _finish(out, model.history, run, "interrupted", started)
+        print(f"\nxpnn: interrupted in epoch {done + 1}; saved the current weights to {out / MODEL_FILE}. "
+              f"{out / CHECKPOINT_FILE} holds the {_checkpoint_point(done)}: continue with "
+              f"`xpnn train --resume {out}`", file=sys.stderr, flush=True)
+        return 130
+    except TrainingDivergedError as exc:
+        _finish(out, model.history, run, "diverged", started)
+        print(f"xpnn: error: {_one_line(exc)} The last good checkpoint, {out / CHECKPOINT_FILE} "
+              f"({_checkpoint_point(checkpoint.saved_epoch)}), is kept.", file=sys.stderr, flush=True)
+        return 1
+    return _report_test(model, data, x_test, y_test, settings, metadata, out, run, started)
+
+
+def _checkpoint_point(epoch: int) -> str:
+    return f"end of epoch {epoch}" if epoch else "initial weights"
+
+
+def _report_test(model: Any, data: Dataset, x_test: np.ndarray, y_test: np.ndarray, settings: dict[str, Any],
+                 metadata: dict[str, Any], out: Path, run: dict[str, Any], started: float) -> int:
+    probs = _scores(model, x_test, max(settings["batch_size"], 256))
+    cm = metrics.confusion_matrix(y_test, probs.argmax(axis=1), len(data.classes))
+    accuracy = metrics.accuracy(cm)
+    loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(y_test)), y_test], 1e-300))))
+    test = {"accuracy": accuracy, "loss": loss, "images": len(y_test)}
+    save(model, out / MODEL_FILE, metadata={**metadata, "epoch": model.history.epochs[-1], "test": test})
+    _write_confusion(cm, data.classes, out, f"test confusion matrix ({len(y_test)} images)")
+    run["test"] = test
+    _finish(out, model.history, run, "completed", started)
+    print(metrics.classification_report(cm, data.classes))
+    print(f"wrote {out}: {MODEL_FILE}, {CHECKPOINT_FILE}, history.csv/json, loss.png, accuracy.png, "
+          f"confusion_matrix.png/txt, run.json")
+    print(f"test accuracy: {accuracy:.4f} ({len(y_test)} images)  test loss: {loss:.4f}  "
+          f"time: {time.time() - started:.1f} s", flush=True)
+    return 0
+
+
+def _write_confusion(cm: np.ndarray, classes: Sequence[str], out: Path, title: str) -> None:
+    metrics.plot_confusion_matrix(cm, str(out / "confusion_matrix.png"), classes, title=title)
+    text = f"{metrics.format_confusion_matrix(cm, classes)}\n\n{metrics.classification_report(cm, classes)}\n"
+    (out / "confusion_matrix.txt").write_text(text)
+
+
+def _run_record(out: Path, args: argparse.Namespace, settings: dict[str, Any], metadata: dict[str, Any],
+                device: backend.Device, started: float) -> dict[str, Any]:
+    path = out / "run.json"
+    previous = json.loads(path.read_text()) if args.resume and path.is_file() else {}
+    command = shlex.join(["xpnn", *args.argv])
+    return {"command": command, "commands": [*previous.get("commands", []), command], "argv": sys.argv,
+            "cwd": os.getcwd(), "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+            "device": device.name, "versions": metadata["versions"], "settings": settings,
+            "model": {"name": settings["model"], "file": MODEL_FILE, "checkpoint": CHECKPOINT_FILE},
+            "data": {**metadata["data"], "classes": metadata["classes"], "input": metadata["input"]}}
+
+
+def _finish(out: Path, history: History, run: dict[str, Any], status: str, started: float) -> None:
+    _write_history(history, out)
+    run.update(status=status, epochs_completed=history.epochs[-1] if len(history) else 0,
+               finished=datetime.now().isoformat(timespec="seconds"), seconds=round(time.time() - started, 2))
+    _write_json(out / "run.json", run)
+
+
+# --------------------------------------------------------------------------- evaluate / predict / info / devices
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    device, _ = _select_device(args.device)
+    model = _load_model(args.model, device)
+    meta = model.metadata or {}
+    trained_on = (meta.get("settings") or {}).get("data")
+    if args.data is None and trained_on is None:
+        raise CLIError("pass --data: this model file does not say what data it was trained on")
+    spec = _data_spec(args.data) if args.data is not None else trained_on
+    spec_input = _input_spec(model)
+    named = spec in NAMED_DATA or _is_idx_folder(Path(spec))
+    data = load_data(spec, None if named else spec_input["size"][0], None if named else spec_input["color"],
+                     (meta.get("settings") or {}).get("seed", 0), classes=None if named else _classes(model),
+                     split=spec == trained_on)
+    x, y = data.test
+    if args.limit:
+        x, y = x[:args.limit], y[:args.limit]
+    _check_fits(model, data, x)
+    probs = _scores(model, x, args.batch_size)
+    cm = metrics.confusion_matrix(y, probs.argmax(axis=1), len(data.classes))
+    precision, recall, support = metrics.precision_recall(cm)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_confusion(cm, data.classes, out, f"confusion matrix ({len(y)} images)")
+    if args.json:
+        print(json.dumps({"model": args.model, "data": data.source, "images": len(y), "accuracy": metrics.accuracy(cm),
+                          "classes": data.classes, "precision": precision.tolist(), "recall": recall.tolist(),
+                          "support": support.tolist(), "confusion_matrix": cm.tolist()}, indent=1))
+        return 0
+    print(f"{args.model} on {data.source} ({len(y)} images)")
+    print(metrics.format_confusion_matrix(cm, data.classes))
+    print()
+    print(metrics.classification_report(cm, data.classes))
+    print(f"accuracy: {metrics.accuracy(cm):.4f}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .data.images import load_image
+    device, _ = _select_device(args.device)
+    model = _load_model(args.model, device)
+    spec, classes = _input_spec(model), _classes(model)
+    for image in args.images:
+        if not Path(image).is_file():
+            raise CLIError(f"image {image} does not exist")
+    x = np.stack([load_image(image, size=tuple(spec["size"]), color=spec["color"]) for image in args.images])
+    probs = _scores(model, x, args.batch_size)
+    k = min(args.top_k, len(classes))
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    results = [{"image": image, "predictions": [{"class": classes[j], "index": int(j), "probability": float(p[j])}
+                                                for j in row]}
+               for image, p, row in zip(args.images, probs, top)]
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    width = max(len(image) for image in args.images)
+    for result in results:
+        guesses = "  ".join(f"{g['class']} {g['probability']:.3f}" for g in result["predictions"])
+        print(f"{result['image']:<{width}}  {guesses}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    _require_model_file(args.model)
+    model, optimizer, meta = load_checkpoint(args.model, "cpu")
+    if args.json:
+        print(json.dumps({"file": args.model, "architecture": model.config(), "parameters": model.count_params(),
+                          "input_shape": model.input_shape, "loss": model.loss.describe() if model.loss else None,
+                          "optimizer": None if optimizer is None else {"type": type(optimizer).__name__,
+                                                                       "config": optimizer.config()},
+                          "metadata": {k: v for k, v in meta.items() if k != "rng_state"}}, indent=1))
+        return 0
+    print(f"{args.model}")
+    if model.input_shape:
+        model.summary()
+    else:
+        print(model)
+    print(f"loss: {model.loss.describe() if model.loss else 'not saved'}")
+    if optimizer is not None:
+        config = ", ".join(f"{k}={v}" for k, v in optimizer.config().items())
+        print(f"optimizer state: {type(optimizer).__name__}({config}) (a checkpoint: `xpnn train --resume "
+              f"{Path(args.model).parent}` continues it)")
+    if meta.get("classes"):
+        print(f"classes ({len(meta['classes'])}): {', '.join(meta['classes'])}")
+    if meta.get("input"):
+        spec = meta["input"]
+        print(f"input: {spec['color']} images, {spec['size'][0]}x{spec['size'][1]}, scaled to [0, 1]")
+    settings = meta.get("settings") or {}
+    if settings:
+        print(f"trained: {meta.get('epoch', '?')} of {settings.get('epochs')} epoch(s) on {meta['data']['source']} "
+              f"({meta['data']['train']:,} train / {meta['data']['validation']:,} validation images), "
+              f"{settings.get('optimizer')} lr {settings.get('lr')}, batch {settings.get('batch_size')}, "
+              f"seed {settings.get('seed')}{', augmented' if settings.get('augment') else ''}"
+              f"{' (interrupted)' if meta.get('interrupted') else ''}")
+    if meta.get("test"):
+        print(f"test accuracy: {meta['test']['accuracy']:.4f} on {meta['test']['images']} images")
+    if meta.get("versions"):
+        print("versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+    return 0
+
+
+def _gpus() -> list[dict[str, Any]]:
+    if importlib.util.find_spec("cupy") is None:
+        return []
+    try:
+        import cupy
+        found = []
+        for i in range(int(cupy.cuda.runtime.getDeviceCount())):
+            props = cupy.cuda.runtime.getDeviceProperties(i)
+            with cupy.cuda.Device(i):
+                free, total = cupy.cuda.runtime.memGetInfo()
+            name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+            found.append({"device": f"gpu:{i}", "name": name, "memory_total_gib": round(total / 2**30, 1),
+                          "memory_free_gib": round(free / 2**30, 1)})
+        return found
+    except Exception:
+        return []
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    versions = _versions()
+    gpus = _gpus()
+    reason = ""
+    try:
+        backend.resolve("gpu:0")
+        auto = "gpu:0"
+    except backend.DeviceError as exc:
+        auto, reason = "cpu", str(exc).split(". ")[0]
+    if args.json:
+        print(json.dumps({"versions": versions, "devices": backend.devices(), "gpus": gpus, "auto": auto,
+                          "auto_reason": reason}, indent=1))
+        return 0
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if "cupy" not in versions:
+        print(f"CuPy: not installed (for NVIDIA GPUs: {backend.GPU_INSTALL_HINT})")
+    print("devices:")
+    print("  cpu     NumPy")
+    for gpu in gpus:
+        print(f"  {gpu['device']:<7} {gpu['name']}, {gpu['memory_total_gib']} GiB ({gpu['memory_free_gib']} GiB free)")
+    print(f"--device auto picks: {auto}" + (f" ({reason})" if reason else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser and main
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--device", default=None,
+                        help="cpu, gpu:N or auto (a GPU if there is one); default $XPNN_DEVICE, else auto")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+    parser = argparse.ArgumentParser(prog="xpnn", description="Train, evaluate and run xpnn image classifiers.",
+                                     epilog="Exit codes: 0 ok, 1 training diverged, 2 usage or input error, "
+                                            "130 interrupted.")
+    parser.add_argument("--version", action="version", version=f"xpnn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = sub.add_parser("train", parents=[common], help="train a network and write a run folder",
+                           description="Train an image classifier. With no arguments: the 2-conv Fashion CNN on "
+                                       "the Fashion-MNIST sample shipped with xpnn.")
+    train.add_argument("--data", help=f"an image folder (root/<class>/<image>, optionally root/train and root/test), "
+                                      f"a folder of MNIST-format IDX files, or {', '.join(NAMED_DATA)} "
+                                      f"(default {SAMPLE})")
+    train.add_argument("--model", choices=list(zoo.MODELS), help="network (default cnn)")
+    train.add_argument("--image-size", type=_positive, help=f"image folders: resize to SIZE x SIZE "
+                                                      f"(default {DEFAULT_IMAGE_SIZE})")
+    train.add_argument("--color", choices=["rgb", "gray"], help="image folders: color mode (default rgb)")
+    train.add_argument("--epochs", type=_positive, help=f"total epochs (default {DEFAULTS['epochs']})")
+    train.add_argument("--batch-size", type=_positive, help=f"default {DEFAULTS['batch_size']}")
+    train.add_argument("--lr", type=float, help="learning rate (default: the optimizer's, 0.001 for adam)")
+    train.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw", "rmsprop"],
+                       help="default adam")
+    train.add_argument("--seed", type=int, help="seed for weights, shuffling and splits (default 0)")
+    train.add_argument("--augment", action="store_true", default=None,
+                       help="random flips and crops (and brightness/contrast for color images)")
+    train.add_argument("--val-split", type=_fraction, help="fraction of the training images held out for validation "
+                                                       "curves (default 0.1; 0 for none)")
+    train.add_argument("--limit", type=_positive, help="use only the first N training and N test images (quick trials)")
+    train.add_argument("--out", help="output folder (default runs/<date>-<time>)")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="one log line per epoch instead of a progress bar")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", parents=[common], help="accuracy, precision/recall, confusion matrix",
+                              description="Evaluate a model file on a data set (default: the test part of the data "
+                                          "it was trained on).")
+    evaluate.add_argument("model", help="a model.npz or checkpoint.npz")
+    evaluate.add_argument("--data", help="as for train; an image folder without train/test subfolders is used whole")
+    evaluate.add_argument("--batch-size", type=_positive, default=256)
+    evaluate.add_argument("--limit", type=_positive, help="use only the first N images")
+    evaluate.add_argument("--out", help="also write confusion_matrix.png/txt into this folder")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    pred = sub.add_parser("predict", parents=[common], help="classify image files",
+                          description="Classify image files, loaded at the size and color the model was trained on.")
+    pred.add_argument("model", help="a model.npz or checkpoint.npz")
+    pred.add_argument("images", nargs="+", metavar="IMAGE")
+    pred.add_argument("--top-k", type=_positive, default=1, help="show the K most likely classes (default 1)")
+    pred.add_argument("--batch-size", type=_positive, default=256)
+    pred.add_argument("--json", action="store_true", help="print JSON")
+    pred.set_defaults(func=cmd_predict)
+
+    devices = sub.add_parser("devices", parents=[common], help="array libraries, GPUs and what auto picks")
+    devices.add_argument("--json", action="store_true", help="print JSON")
+    devices.set_defaults(func=cmd_devices)
+
+    info = sub.add_parser("info", parents=[common], help="architecture and training metadata of a model file")
+    info.add_argument("model", help="a model.npz or checkpoint.npz")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def _format_warning(message: Any, category: Any, filename: str, lineno: int, line: str | None = None) -> str:
+    return f"xpnn: warning: {message}\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``xpnn`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    warnings.formatwarning = _format_warning
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("\nxpnn: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, OSError, backend.DeviceError) as exc:
+        if args.debug:
+            raise
+        print(f"xpnn: error: {_one_line(exc)}", file=sys.stderr)
+        return 2

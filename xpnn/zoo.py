@@ -1,0 +1,109 @@
+"""Ready-made networks for NCHW images, by name: what ``xpnn train --model NAME`` builds.
+
+Every builder returns an untrained :class:`~xpnn.Sequential` ending in logits: one output per
+class, or a single logit for two classes where the network is the tutorials' binary one. Pair
+it with :func:`loss_for` (cross-entropy from logits). Weights are drawn from xpnn's seeded host
+generator, so ``xpnn.seed(n)`` fixes them on every device.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+from .layers import Conv2D, Dropout, Flatten, Layer, Linear, MaxPool2D, ReLU
+from .layers.normalization import BatchNorm2D
+from .layers.pool import GlobalAvgPool2D
+from .losses import Loss, get_loss
+from .model import Sequential, mlp
+
+__all__ = ["fashion_cnn", "tutorial_cnn", "catdog_cnn", "tutorial_mlp", "dense_mlp", "MODELS", "build", "loss_for"]
+
+
+def _check_size(name: str, image_size: int, factor: int) -> None:
+    if image_size < factor or image_size % factor:
+        raise ValueError(f"model {name!r} needs an image size that is a multiple of {factor}, got {image_size}")
+
+
+def fashion_cnn(classes: int = 10, channels: int = 1, image_size: int = 28, dropout: float = 0.0) -> Sequential:
+    """Two 3x3 'same' convolutions (32, 64 filters), each ReLU + 2x2 max-pool, then Linear(->128), ReLU,
+    Linear(->classes). For 28x28 Fashion-MNIST the flattened features are 64*7*7 = 3136."""
+    _check_size("cnn", image_size, 4)
+    features = 64 * (image_size // 4) ** 2
+    head: list[Layer] = [Dropout(dropout)] if dropout else []
+    return Sequential([
+        Conv2D(channels, 32, 3, padding="same"), ReLU(), MaxPool2D(2),
+        Conv2D(32, 64, 3, padding="same"), ReLU(), MaxPool2D(2),
+        Flatten(), Linear(features, 128), ReLU(), *head, Linear(128, classes),
+    ])
+
+
+def tutorial_cnn(classes: int = 10, channels: int = 1, image_size: int = 28) -> Sequential:
+    """The from-scratch CNN tutorial's network: Conv3x3(8 filters, valid) -> MaxPool2 -> Linear ->
+    softmax (fused into the loss). For 28x28 inputs the Linear layer sees 13*13*8 = 1352 features."""
+    side = (image_size - 2) // 2
+    if side < 1:
+        raise ValueError(f"model 'tutorial-cnn' needs images of at least 4x4, got {image_size}")
+    return Sequential([Conv2D(channels, 8, 3), MaxPool2D(2), Flatten(), Linear(8 * side * side, classes)])
+
+
+def catdog_cnn(image_size: int = 64, channels: int = 3, classes: int = 2) -> Sequential:
+    """Four conv blocks (Conv3x3 same, BatchNorm, ReLU, MaxPool2; 32-64-128-128 filters), global
+    average pooling, Dropout(0.3) and Linear(128->classes): small photos such as cats vs dogs."""
+    _check_size("catdog", image_size, 16)
+    layers: list[Layer] = []
+    widths = (32, 64, 128, 128)
+    for c_in, c_out in zip((channels, *widths[:-1]), widths):
+        layers += [Conv2D(c_in, c_out, 3, padding="same", bias=False), BatchNorm2D(c_out), ReLU(), MaxPool2D(2)]
+    return Sequential([*layers, GlobalAvgPool2D(), Dropout(0.3), Linear(widths[-1], classes)])
+
+
+def _flattened(model: Sequential) -> Sequential:
+    return Sequential([Flatten(), *model.layers])
+
+
+def tutorial_mlp(n_in: int, classes: int = 2) -> Sequential:
+    """The tutorials' L-layer network [n_in, 20, 7, 5, 1] (two classes, one logit) or
+    [n_in, 20, 7, 5, classes], ReLU hidden layers, their scaled-normal ("lecun") init, on flattened images."""
+    out = 1 if classes == 2 else classes
+    return _flattened(mlp([n_in, 20, 7, 5, out], init="lecun"))
+
+
+def dense_mlp(n_in: int, classes: int = 10, hidden: Sequence[int] = (256, 128), dropout: float = 0.2) -> Sequential:
+    """A plain multilayer perceptron on flattened images: [n_in, 256, 128, classes] with ReLU and dropout."""
+    return _flattened(mlp([n_in, *hidden, classes], dropout=dropout))
+
+
+Builder = Callable[[tuple[int, int, int], int], Sequential]
+
+#: name -> builder(input_shape (C, H, W), classes)
+MODELS: dict[str, Builder] = {
+    "cnn": lambda shape, classes: fashion_cnn(classes, shape[0], _square(shape, "cnn")),
+    "mlp": lambda shape, classes: dense_mlp(math.prod(shape), classes),
+    "catdog": lambda shape, classes: catdog_cnn(_square(shape, "catdog"), shape[0], classes),
+    "tutorial-cnn": lambda shape, classes: tutorial_cnn(classes, shape[0], _square(shape, "tutorial-cnn")),
+    "tutorial-mlp": lambda shape, classes: tutorial_mlp(math.prod(shape), classes),
+}
+
+
+def _square(shape: tuple[int, int, int], name: str) -> int:
+    if shape[1] != shape[2]:
+        raise ValueError(f"model {name!r} is built for square images, got {shape[1]}x{shape[2]}")
+    return shape[1]
+
+
+def build(name: str, input_shape: Sequence[int], classes: int) -> Sequential:
+    """The network ``name`` (a key of :data:`MODELS`) for ``(C, H, W)`` images and ``classes`` classes."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if classes < 2:
+        raise ValueError(f"a classifier needs at least two classes, got {classes}")
+    c, h, w = (int(d) for d in input_shape)
+    model = MODELS[name]((c, h, w), classes)
+    model.build((c, h, w))
+    return model
+
+
+def loss_for(model: Sequential) -> Loss:
+    """Binary cross-entropy for a single output logit, softmax cross-entropy otherwise."""
+    outputs = next(layer.out_features for layer in reversed(model.layers) if isinstance(layer, Linear))
+    return get_loss("bce") if outputs == 1 else get_loss("cross_entropy")

@@ -149,11 +149,13 @@ def main() -> None:
         for name in names:
             runs[name].append(run_config(name, args))
     print(f"load average after: {os.getloadavg()}")
-    results = [sorted(found, key=lambda r: r["step_ms"])[len(found) // 2] for found in runs.values()]
-    base = next((r["step_ms"] for r in results if r["config"] == "plain2"), results[0]["step_ms"])
+    middle = [sorted(found, key=lambda r: r["step_ms"] or r["allreduce_ms"]) for found in runs.values()]
+    results = [found[len(found) // 2] for found in middle]
+    reference = next((r for r in results if r["config"] == "plain2"), results[0])
+    base = reference["step_ms"]
     print(f"{args.model} model, global batch {args.batch}, {args.steps} timed steps, device {args.device}, "
           f"{os.cpu_count()} CPUs, median of {args.repeats} runs")
-    header = ("config", "ranks x threads", "step ms", "vs plain2", "all-reduce ms", "wait ms", "calls/step",
+    header = ("config", "ranks x threads", "step ms", f"speed vs {reference['config']}", "all-reduce ms", "wait ms", "calls/step",
               "payload MB/step", "ring MB sent/rank")
     print(" | ".join(header))
     for r in results:
@@ -167,7 +169,9 @@ def main() -> None:
                f"{payload / 1e6:.2f}" if payload else "-",
                f"{2 * (ranks - 1) / ranks * payload / 1e6:.2f}" if payload else "-")
         print(" | ".join(row))
-    print(json.dumps({name: [round(r["step_ms"], 1) for r in found] for name, found in runs.items()}))
+    print("all runs (step ms, all-reduce ms):",
+          json.dumps({name: [(round(r["step_ms"], 1), round(r.get("allreduce_ms", 0), 2)) for r in found]
+                      for name, found in runs.items()}))
 
 
 if __name__ == "__main__":

@@ -155,8 +155,8 @@ def main() -> None:
     base = reference["step_ms"]
     print(f"{args.model} model, global batch {args.batch}, {args.steps} timed steps, device {args.device}, "
           f"{os.cpu_count()} CPUs, median of {args.repeats} runs")
-    header = ("config", "ranks x threads", "step ms", f"speed vs {reference['config']}", "all-reduce ms", "wait ms", "calls/step",
-              "payload MB/step", "ring MB sent/rank")
+    header = ("config", "ranks x threads", "step ms", f"speed vs {reference['config']}", "all-reduce ms", "wait ms",
+              "calls/step", "payload MB/step", "ring MB sent/rank")
     print(" | ".join(header))
     for r in results:
         ranks = r["ranks"]

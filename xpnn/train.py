@@ -79,12 +79,14 @@ class History:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
             if key in self.history:
                 ax.plot(self.epochs, self.history[key], marker="o", label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.set_title(title or metric)
         ax.grid(alpha=0.3)

@@ -361,7 +361,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"data: {data.source}: {len(x_train):,} train / {metadata['data']['validation']:,} validation / "
           f"{len(x_test):,} test images, {'x'.join(map(str, x_train.shape[1:]))}, {len(data.classes)} classes",
           flush=True)
-    print(f"{settings['epochs']} epochs{f' (resuming after epoch {initial_epoch})' if initial_epoch else ''}, "
+    resuming = f" (resuming after epoch {initial_epoch})" if initial_epoch else ""
+    print(f"{settings['epochs']} epoch{'s' if settings['epochs'] != 1 else ''}{resuming}, "
           f"batch {settings['batch_size']}, {settings['optimizer']} lr {settings['lr']:g}, seed {settings['seed']}"
           f"{', augmented' if settings['augment'] else ''}; output in {out}", flush=True)
     try:
@@ -623,21 +624,22 @@ def build_parser() -> argparse.ArgumentParser:
                                       f"a folder of MNIST-format IDX files, or {', '.join(NAMED_DATA)} "
                                       f"(default {SAMPLE})")
     train.add_argument("--model", choices=list(zoo.MODELS), help="network (default cnn)")
-    train.add_argument("--image-size", type=_positive, help=f"image folders: resize to SIZE x SIZE "
+    train.add_argument("--image-size", type=_positive, metavar="SIZE", help=f"image folders: resize to SIZE x SIZE "
                                                       f"(default {DEFAULT_IMAGE_SIZE})")
     train.add_argument("--color", choices=["rgb", "gray"], help="image folders: color mode (default rgb)")
-    train.add_argument("--epochs", type=_positive, help=f"total epochs (default {DEFAULTS['epochs']})")
-    train.add_argument("--batch-size", type=_positive, help=f"default {DEFAULTS['batch_size']}")
+    train.add_argument("--epochs", type=_positive, metavar="N", help=f"total epochs (default {DEFAULTS['epochs']})")
+    train.add_argument("--batch-size", type=_positive, metavar="N", help=f"default {DEFAULTS['batch_size']}")
     train.add_argument("--lr", type=float, help="learning rate (default: the optimizer's, 0.001 for adam)")
     train.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw", "rmsprop"],
                        help="default adam")
     train.add_argument("--seed", type=int, help="seed for weights, shuffling and splits (default 0)")
     train.add_argument("--augment", action="store_true", default=None,
                        help="random flips and crops (and brightness/contrast for color images)")
-    train.add_argument("--val-split", type=_fraction, help="fraction of the training images held out for validation "
-                                                       "curves (default 0.1; 0 for none)")
-    train.add_argument("--limit", type=_positive, help="use only the first N training and N test images (quick trials)")
-    train.add_argument("--out", help="output folder (default runs/<date>-<time>)")
+    train.add_argument("--val-split", type=_fraction, metavar="F",
+                       help="fraction of the training images held out for validation curves (default 0.1; 0 for none)")
+    train.add_argument("--limit", type=_positive, metavar="N",
+                       help="use only the first N training and N test images (quick trials)")
+    train.add_argument("--out", metavar="DIR", help="output folder (default runs/<date>-<time>)")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="one log line per epoch instead of a progress bar")
     train.set_defaults(func=cmd_train)

@@ -692,6 +692,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print("\nxpnn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (CLIError, ValueError, OSError, backend.DeviceError) as exc:
         if args.debug:
             raise

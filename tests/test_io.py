@@ -1,5 +1,6 @@
 """save/load: any device to any device, atomic writes, no pickle, clear errors for bad files."""
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -160,3 +161,12 @@ def test_load_does_not_disturb_the_seeded_generator(tmp_path):
     xpnn.seed(3)
     xpnn.load(path)
     assert xpnn.backend.host_rng().random() == expected
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = xpnn.save(small_model(), tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

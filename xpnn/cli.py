@@ -26,6 +26,7 @@ import numpy as np
 from . import __version__, backend, metrics, zoo
 from .data import datasets
 from .errors import TrainingDivergedError
+from .files import atomic_write
 from .io import load, load_checkpoint, save
 from .train import Callback, History, predict
 
@@ -175,9 +176,8 @@ def _cupy_distribution() -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(data, indent=1) + "\n")
 
 
 def _input_spec(model: Any) -> dict[str, Any]:

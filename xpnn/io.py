@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from . import __version__, backend
 from .errors import ModelFileError
+from .files import atomic_write
 from .losses import get_loss
 from .model import Sequential
 
@@ -75,18 +75,8 @@ def save(model: Sequential, path: "str | os.PathLike[str]", *, optimizer: Any = 
         header["optimizer"] = {"type": type(optimizer).__name__, "config": optimizer.config(),
                                "state": _split_arrays(optimizer.state_dict(), "optim", arrays)}
     arrays[_HEADER] = np.array(json.dumps(header))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
     return path
 
 

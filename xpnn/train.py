@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from typing import Any, Sequence
 
@@ -348,22 +349,24 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
                         bar.set_postfix_str(_format(logs), refresh=False)
             logs = dict(meter.sync(batches))
             seconds = time.perf_counter() - started
-            if strategy is not None:
-                strategy.end_epoch(model)
-            if val is not None:
-                run = evaluate if strategy is None else strategy.evaluate
-                val_logs = run(model, *val, loss=loss, batch_size=max(batch_size, 256), scale=scale)
-                logs.update({f"val_{k}": v for k, v in val_logs.items()})
-            if bar is not None:
-                bar.set_postfix_str(_format(logs), refresh=False)
-            logs["seconds"] = seconds
-            logs["samples_per_second"] = len(x_host) / seconds if seconds > 0 else math.inf
-            if hasattr(optimizer, "lr"):
-                logs["lr"] = float(optimizer.lr)
         finally:
-            if bar is not None:
+            if bar is not None:  # closed before validation, so its samples/s is the training rate
+                bar.set_postfix_str(_format(meter.values), refresh=False)
                 bar.update(meter.seen - bar.n)
                 bar.close()
+        if strategy is not None:
+            strategy.end_epoch(model)
+        if val is not None:
+            run = evaluate if strategy is None else strategy.evaluate
+            val_logs = {f"val_{k}": v for k, v in
+                        run(model, *val, loss=loss, batch_size=max(batch_size, 256), scale=scale).items()}
+            logs.update(val_logs)
+            if bar is not None:
+                bar.write(f"epoch {epoch + 1}/{epochs} validation: {_format(val_logs)}", file=sys.stderr)
+        logs["seconds"] = seconds
+        logs["samples_per_second"] = len(x_host) / seconds if seconds > 0 else math.inf
+        if hasattr(optimizer, "lr"):
+            logs["lr"] = float(optimizer.lr)
         history.append(epoch + 1, logs)
         if verbose == 2:
             print(f"epoch {epoch + 1}/{epochs}: {_format(logs)}", flush=True)

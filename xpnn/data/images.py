@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import DataError
+from ..files import atomic_write
 
 __all__ = ["ImageFolder", "load_image", "IMAGE_EXTENSIONS"]
 
@@ -315,12 +315,9 @@ class ImageFolder:
         rel = [Path(p).relative_to(self.root).as_posix() for p in self.paths]
         skipped = [[Path(p).relative_to(self.root).as_posix(), r] for p, r in self.skipped]
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".xpnn-cache-tmp-", suffix=".npz")
-            with os.fdopen(fd, "wb") as out:
+            with atomic_write(path) as out:
                 np.savez(out, x=self.x, y=self.y, paths=np.asarray(rel, dtype=str),
                          skipped=np.asarray(skipped, dtype=str).reshape(-1, 2))
-            os.replace(tmp, path)
         except OSError as exc:
             warnings.warn(f"ImageFolder: could not write the cache {path} ({exc}); continuing without it",
                           stacklevel=3)

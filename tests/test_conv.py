@@ -35,6 +35,15 @@ def test_gradients(device, rng, case):
     check_layer_gradients(conv, rng.standard_normal((n, c_in, h, w)), device, max_checks=20)
 
 
+def test_input_gradient_computed_image_by_image(device, rng, monkeypatch):
+    """dx is built a few images at a time; with a 1-byte budget every image is its own chunk."""
+    from xpnn.layers import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "DX_CHUNK_BYTES", 1)
+    conv = layers.Conv2D(2, 3, 3, stride=2, padding=1)
+    check_layer_gradients(conv, rng.standard_normal((3, 2, 6, 5)), device, max_checks=20)
+
+
 def test_gradients_without_bias(device, rng):
     conv = layers.Conv2D(2, 3, 3, padding=1, bias=False)
     assert [p.name for p in conv.parameters()] == ["weight"]

@@ -25,7 +25,13 @@ class ReLU(Layer):
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         xp = array_namespace(x)
         positive = x > 0
-        return xp.maximum(x, 0.0), lambda dy: dy * xp.astype(positive, dy.dtype)
+
+        def backprop(dy: Any) -> Any:
+            dx = xp.astype(positive, dy.dtype)
+            dx *= dy
+            return dx
+
+        return xp.maximum(x, 0.0), backprop
 
 
 class LeakyReLU(Layer):

@@ -4,7 +4,8 @@ Inside the layer the batch is handled channel-major, as ``(C, N, H, W)``: the ga
 are ``(C*kh*kw + 1, N*Ho*Wo)``, the output ``W @ cols`` comes out as ``(O, N, Ho, Wo)`` and is
 returned as a transposed NCHW *view* of that memory, so no layout copy is made on the way out,
 and the next convolution's channel-major view of it is free. The extra row of ones in ``cols``
-folds the bias into the matmul (its gradient comes out as the last column of ``dW``).
+folds the bias into the matmul (its gradient comes out as the last column of ``dW``). The input
+gradient is ``W.T @ dy`` added back offset by offset (col2im), a few images at a time.
 """
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from ..init import initialize
 from .base import Backprop, Layer, Parameter
 
 __all__ = ["Conv2D"]
+
+#: dx is computed a few images at a time, so each block of column gradients (about this many bytes)
+#: is still in cache when it is added into dx and reuses memory instead of faulting in fresh pages
+#: (NumPy, 2 cores: the Fashion CNN training step 7% faster, its kernel time 10 -> 6 ms)
+DX_CHUNK_BYTES = 4 * 2 ** 20
 
 Pair = tuple[int, int]
 
@@ -153,10 +159,16 @@ class Conv2D(Layer):
                 bias.accumulate(dw_mat[:, rows])
             if not input_grad:
                 return None
-            dcols = xp.reshape(xp.matmul(xp.matrix_transpose(w_mat[:, :rows]), dy_mat), (taps, c, n, *out_hw))
+            w_t = xp.matrix_transpose(w_mat[:, :rows])
             dx = xp.zeros(padded_shape, dtype=dy.dtype, device=device_of(dy))
-            for k, (hs, ws) in enumerate(windows):
-                dx = xpx.at(dx, (slice(None), slice(None), hs, ws)).add(dcols[k, ...])
+            pixels = out_hw[0] * out_hw[1]
+            chunk = max(1, DX_CHUNK_BYTES // (rows * pixels * xp.finfo(dy.dtype).bits // 8))
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
+                dcols = xp.matmul(w_t, dy_mat[:, start * pixels:stop * pixels])
+                dcols = xp.reshape(dcols, (taps, c, stop - start, *out_hw))
+                for k, (hs, ws) in enumerate(windows):
+                    dx = xpx.at(dx, (slice(None), slice(start, stop), hs, ws)).add(dcols[k, ...])
             (top, _), (left, _) = self.pads
             return xp.permute_dims(dx[:, :, top:top + h, left:left + w], (1, 0, 2, 3))
 

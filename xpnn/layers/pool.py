@@ -1,8 +1,9 @@
 """Pooling on NCHW images: a loop over the kh*kw window offsets (strided slices), never over pixels.
 
-MaxPool2D sends each window's gradient to the first maximum in row-major order (PyTorch's rule),
-also on ties. The argmax is built with ``maximum`` on small integer codes rather than ``where``:
-NumPy's ``where`` with an unpredictable mask is about ten times slower than arithmetic.
+The layers work channel-major inside, like Conv2D: a (C, N, H, W) view of the input, results
+returned as NCHW views. MaxPool2D sends each window's gradient to the first maximum in row-major
+order (PyTorch's rule), also on ties, by routing it down a pairwise tournament with 0/1 masks
+(multiplications: NumPy's ``where`` with an unpredictable mask is about ten times slower).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class _Pool2D(Layer):
 
     def _scatter(self, parts: Any, windows: list[tuple[slice, slice]], out_hw: Pair,
                  padded_shape: tuple[int, ...], like: Any) -> Any:
-        """The input gradient (C, N, H, W): each window offset's part put back where that offset
+        """The (C, N, H, W) input gradient: each window offset's part put back where that offset
         read from (added up where windows overlap), the padding cropped off."""
         xp = array_namespace(like)
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
@@ -89,6 +90,14 @@ def _route(grad: Any, tree: Any) -> list[Any]:
     return _route(grad - to_right, left_tree) + _route(to_right, right_tree)
 
 
+def _max(views: list[Any]) -> Any:
+    xp = array_namespace(views[0])
+    best = views[0]
+    for view in views[1:]:
+        best = xp.maximum(best, view)
+    return best
+
+
 class MaxPool2D(_Pool2D):
     """Max over each window; ``stride`` defaults to ``kernel_size``; padding counts as -inf."""
 
@@ -96,32 +105,24 @@ class MaxPool2D(_Pool2D):
         xp = array_namespace(x)
         out_hw, windows = self._windows(x)
         padded = pad_hw(xp.permute_dims(x, (1, 0, 2, 3)), self.pads, -math.inf)
+        padded_shape = tuple(padded.shape)
         views = [padded[:, :, hs, ws] for hs, ws in windows]
         if self.stride[1] > 1:
-            # NumPy is ~8x slower on views with a non-unit inner stride: copy once, then work contiguously
+            # one copy into a contiguous array: NumPy's element-wise loops are several times slower on
+            # views with a non-unit inner stride (2x2 pooling measured ~15% faster this way)
             gathered = xp.stack(views)
             views = [gathered[k, ...] for k in range(len(windows))]
         if train:
             y, tree = _tournament(views)
-            views = None
+            views = None  # the decisions are all backprop needs
         else:
             y, tree = _max(views), None
-        padded_shape = tuple(padded.shape)
-        del padded
 
         def backprop(dy: Any) -> Any:
             parts = _route(xp.permute_dims(dy, (1, 0, 2, 3)), tree if views is None else _tournament(views)[1])
             return xp.permute_dims(self._scatter(parts, windows, out_hw, padded_shape, dy), (1, 0, 2, 3))
 
         return xp.permute_dims(y, (1, 0, 2, 3)), backprop
-
-
-def _max(views: list[Any]) -> Any:
-    xp = array_namespace(views[0])
-    best = views[0]
-    for view in views[1:]:
-        best = xp.maximum(best, view)
-    return best
 
 
 class AvgPool2D(_Pool2D):

@@ -1,0 +1,329 @@
+"""CNN training steps: xpnn vs PyTorch side by side, float32, same initial weights and data.
+
+    python benchmarks/bench_cnn.py [--device cpu|gpu:0] [--repeats 5] [--seconds 1] [--only NAME ...]
+
+A training step is forward + backward + plain SGD update (lr 0.01) of one random batch, with the
+first layer's input gradient skipped in both libraries. For each workload one fresh process times
+both libraries (torch.set_num_threads(--threads), NumPy's BLAS with as many threads) in
+alternating runs of about ``--seconds`` each, after warm-up; the table shows the median over
+``--repeats`` runs. Fresh processes keep one workload's memory-allocator state from changing the
+next one's page-fault cost.
+
+Columns: samples/s and ratio (torch time / xpnn time: above 1 means xpnn is faster); %peak, the
+step's matmul work (2*M*N*K per multiply, forward and backward) over its time, as a fraction of
+the float32 GEMM rate of a 4096^3 matmul on the same device (NumPy's BLAS on the CPU); sys ms,
+kernel time per step, mostly page faults (memory a step frees goes back to the OS and is faulted
+in and zeroed again by the next); MiB, the rise of the peak resident set over three steps in a
+fresh process (on a GPU, the library's peak device allocation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import xpnn  # noqa: E402
+from xpnn import layers as L  # noqa: E402
+from xpnn import losses, optim  # noqa: E402
+
+LR = 0.01
+PAUSE = 0.3  # seconds between timed runs, so the other library's idle threads have stopped spinning
+
+# name: (input shape (C, H, W), batch, classes (1: binary), layers)
+WORKLOADS = {
+    "mnist": ((1, 28, 28), 64, 10, [("conv", 1, 8, 0), ("pool",), ("flatten",), ("linear", 1352, 10)]),
+    "fashion": ((1, 28, 28), 128, 10, [
+        ("conv", 1, 32, "same"), ("relu",), ("pool",), ("conv", 32, 64, "same"), ("relu",), ("pool",),
+        ("flatten",), ("linear", 3136, 128), ("relu",), ("linear", 128, 10)]),
+    "catdog": ((3, 64, 64), 64, 1, [
+        ("conv", 3, 32, 0), ("relu",), ("pool",), ("conv", 32, 64, 0), ("relu",), ("pool",),
+        ("conv", 64, 128, 0), ("relu",), ("pool",), ("flatten",), ("linear", 4608, 256), ("relu",),
+        ("linear", 256, 1)]),
+}
+TITLES = {"mnist": "tutorial MNIST CNN", "fashion": "Fashion CNN", "catdog": "cat/dog CNN 3x64x64"}
+
+
+# --------------------------------------------------------------------------- the two models
+
+
+def xpnn_model(specs: list) -> xpnn.Sequential:
+    made = []
+    for kind, *args in specs:
+        if kind == "conv":
+            made.append(L.Conv2D(args[0], args[1], 3, padding=args[2]))
+        elif kind == "linear":
+            made.append(L.Linear(*args))
+        else:
+            made.append({"relu": L.ReLU, "pool": lambda: L.MaxPool2D(2), "flatten": L.Flatten}[kind]())
+    return xpnn.Sequential(made)
+
+
+def torch_model(specs: list, model: xpnn.Sequential, device: str):
+    """The same network in PyTorch, with ``model``'s initial weights."""
+    import torch
+
+    nn = torch.nn
+    made = []
+    for (kind, *args), layer in zip(specs, model.layers):
+        if kind == "conv":
+            module = nn.Conv2d(args[0], args[1], 3, padding=args[2])
+            module.weight.data = torch.from_numpy(xpnn.to_numpy(layer.weight.value).copy())
+        elif kind == "linear":
+            module = nn.Linear(*args)
+            module.weight.data = torch.from_numpy(xpnn.to_numpy(layer.weight.value).T.copy())
+        else:
+            made.append({"relu": nn.ReLU, "pool": lambda: nn.MaxPool2d(2), "flatten": nn.Flatten}[kind]())
+            continue
+        module.bias.data = torch.from_numpy(xpnn.to_numpy(layer.bias.value).copy())
+        made.append(module)
+    return nn.Sequential(*made).to(device)
+
+
+def step_flops(shape: tuple, batch: int, specs: list) -> float:
+    """Matmul work of one training step: forward, weight gradients, and input gradients for
+    every layer but the first."""
+    c, h, w = shape
+    total = 0.0
+    for index, (kind, *args) in enumerate(specs):
+        passes = 3 if index else 2
+        if kind == "conv":
+            pad = 1 if args[2] == "same" else 0
+            h, w, c = h + 2 * pad - 2, w + 2 * pad - 2, args[1]
+            total += passes * 2.0 * batch * h * w * c * args[0] * 9
+        elif kind == "pool":
+            h, w = h // 2, w // 2
+        elif kind == "linear":
+            total += passes * 2.0 * batch * args[0] * args[1]
+    return total
+
+
+def make_batch(shape: tuple, batch: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, *shape), dtype=np.float32)
+    y = rng.integers(0, max(classes, 2), batch)
+    return x, (y if classes > 1 else y.astype(np.float32))
+
+
+def _synchronizer(device: str):
+    if device.startswith("gpu"):
+        import cupy
+
+        return cupy.cuda.Device().synchronize
+    return lambda: None
+
+
+def xpnn_step(name: str, device: str):
+    shape, batch, classes, specs = WORKLOADS[name]
+    xpnn.seed(0)
+    with xpnn.use_device(device):
+        model = xpnn_model(specs)
+    x_host, y_host = make_batch(shape, batch, classes)
+    x, y = xpnn.to_device(x_host, device), xpnn.to_device(y_host, device)
+    loss = losses.CrossEntropy() if classes > 1 else losses.BinaryCrossEntropy()
+    params = model.parameters()
+    sgd = optim.SGD(lr=LR)
+    sync = _synchronizer(device)
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        out, backprop = model(x, train=True, input_grad=False)
+        _, loss_backprop = loss(out, y)
+        backprop(loss_backprop())
+        sgd.step(params)
+        sync()
+
+    return step, model
+
+
+def torch_step(name: str, device: str, model: xpnn.Sequential):
+    import torch
+
+    shape, batch, classes, specs = WORKLOADS[name]
+    torch_device = "cuda" if device.startswith("gpu") else "cpu"
+    net = torch_model(specs, model, torch_device)
+    x_host, y_host = make_batch(shape, batch, classes)
+    x, y = torch.from_numpy(x_host).to(torch_device), torch.from_numpy(y_host).to(torch_device)
+    criterion = torch.nn.CrossEntropyLoss() if classes > 1 else torch.nn.BCEWithLogitsLoss()
+    sgd = torch.optim.SGD(net.parameters(), lr=LR)
+
+    def step() -> None:
+        sgd.zero_grad(set_to_none=True)
+        out = net(x)
+        criterion(out if classes > 1 else out[:, 0], y).backward()
+        sgd.step()
+        if torch_device == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+# --------------------------------------------------------------------------- measurements (child processes)
+
+
+def time_steps(steps: list, repeats: int, seconds: float) -> list[tuple[float, float]]:
+    """For each of ``steps``: median seconds per step, and kernel seconds per step, in alternating
+    runs of about ``seconds`` after warm-up, so a change of machine load affects both alike."""
+    counts = []
+    for step in steps:
+        for _ in range(3):
+            step()
+        started = time.perf_counter()
+        step()
+        counts.append(max(3, int(seconds / max(time.perf_counter() - started, 1e-6))))
+    runs: list[list[float]] = [[] for _ in steps]
+    kernel = [0.0 for _ in steps]
+    for _ in range(repeats):
+        for index, (step, count) in enumerate(zip(steps, counts)):
+            time.sleep(PAUSE)
+            system = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+            started = time.perf_counter()
+            for _ in range(count):
+                step()
+            runs[index].append((time.perf_counter() - started) / count)
+            kernel[index] += (resource.getrusage(resource.RUSAGE_SELF).ru_stime - system) / count / repeats
+    return [(statistics.median(times), seconds_in_kernel) for times, seconds_in_kernel in zip(runs, kernel)]
+
+
+def gemm_peak(device: str) -> float:
+    """float32 GFLOP/s of a 4096^3 matmul on ``device`` (NumPy's BLAS on the CPU)."""
+    xp = xpnn.backend.resolve(device).xp
+    a = xpnn.to_device(np.random.default_rng(0).random((4096, 4096), dtype=np.float32), device)
+    sync = _synchronizer(device)
+    xp.matmul(a, a)
+    sync()
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        xp.matmul(a, a)
+        sync()
+        times.append(time.perf_counter() - started)
+    return 2 * 4096 ** 3 / min(times) / 1e9
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_memory(library: str, name: str, device: str) -> int:
+    """Bytes one library's three first training steps add to the process's peak memory."""
+    step, model = xpnn_step(name, device)
+    if library == "torch":
+        step = torch_step(name, device, model)
+    if device.startswith("gpu"):
+        if library == "torch":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            for _ in range(3):
+                step()
+            return torch.cuda.max_memory_allocated()
+        import cupy
+
+        for _ in range(3):
+            step()
+        return cupy.get_default_memory_pool().total_bytes()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak resident set (VmHWM) to the current one
+    base = _status_kib("VmRSS")
+    for _ in range(3):
+        step()
+    return (_status_kib("VmHWM") - base) * 1024
+
+
+def run_child(job: list[str], args: argparse.Namespace, torch) -> object:
+    kind = job[0]
+    if kind == "peak":
+        return gemm_peak(args.device)
+    if kind == "memory":
+        return peak_memory(job[1], job[2], args.device)
+    step, model = xpnn_step(job[1], args.device)
+    steps = [step] + ([torch_step(job[1], args.device, model)] if torch else [])
+    return time_steps(steps, args.repeats, args.seconds)
+
+
+def child(job: list[str], args: argparse.Namespace) -> object:
+    """Run ``job`` in a fresh copy of this script and return what it printed (JSON)."""
+    command = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--repeats", str(args.repeats),
+               "--seconds", str(args.seconds), "--threads", str(args.threads), "--child", *job]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(job)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu (NumPy vs torch CPU) or gpu:0 (CuPy vs torch CUDA)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per library and workload (median shown)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed run")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--only", choices=sorted(WORKLOADS), nargs="+", help="run only these workloads")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        torch_version = torch.__version__
+    except ImportError:
+        torch = None
+        torch_version = "not installed"
+    if args.child:
+        print(json.dumps(run_child(args.child, args, torch)))
+        return
+
+    peak = child(["peak"], args)
+    print(f"xpnn {xpnn.__version__} on {args.device}, NumPy {np.__version__}, PyTorch {torch_version}, "
+          f"{args.threads} threads, float32; median of {args.repeats} alternating runs of ~{args.seconds:g} s; "
+          f"GEMM peak {peak:.0f} GFLOP/s (4096^3 matmul)")
+    columns = [("workload", 20), ("batch", 5), ("xpnn samples/s", 14), ("torch samples/s", 15), ("ratio", 6),
+               ("xpnn %peak", 10), ("torch %peak", 11), ("xpnn sys ms", 11), ("torch sys ms", 12),
+               ("xpnn MiB", 8), ("torch MiB", 9)]
+    print(" ".join(f"{title:<{width}}" if i == 0 else f"{title:>{width}}" for i, (title, width) in enumerate(columns)))
+    print("-" * (sum(width for _, width in columns) + len(columns) - 1))
+    libraries = ["xpnn", "torch"] if torch else ["xpnn"]
+    for name in args.only or list(WORKLOADS):
+        shape, batch, classes, specs = WORKLOADS[name]
+        flops = step_flops(shape, batch, specs)
+        timings = child(["time", name], args) + [None]
+        memory = ["-"] * 2 if args.no_memory else \
+            [f"{child(['memory', library, name], args) / 2 ** 20:.0f}" for library in libraries] + ["-"]
+        (t_xpnn, sys_xpnn), torch_timing = timings[0], timings[1]
+        cells = [TITLES[name], batch, f"{batch / t_xpnn:,.0f}", f"{100 * flops / t_xpnn / 1e9 / peak:.0f}%",
+                 f"{1e3 * sys_xpnn:.1f}"]
+        if torch_timing:
+            t_torch, sys_torch = torch_timing
+            cells[3:3] = [f"{batch / t_torch:,.0f}", f"{t_torch / t_xpnn:.2f}x"]
+            cells[6:6] = [f"{100 * flops / t_torch / 1e9 / peak:.0f}%"]
+            cells.append(f"{1e3 * sys_torch:.1f}")
+        else:
+            cells[3:3] = ["-", "-"]
+            cells[6:6] = ["-"]
+            cells.append("-")
+        cells += memory[:2]
+        print(" ".join(f"{cell:<{width}}" if i == 0 else f"{cell:>{width}}"
+                       for i, (cell, (_, width)) in enumerate(zip(map(str, cells), columns))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

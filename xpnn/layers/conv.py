@@ -6,6 +6,11 @@ returned as a transposed NCHW *view* of that memory, so no layout copy is made o
 and the next convolution's channel-major view of it is free. The extra row of ones in ``cols``
 folds the bias into the matmul (its gradient comes out as the last column of ``dW``). The input
 gradient is ``W.T @ dy`` added back offset by offset (col2im), a few images at a time.
+
+Measured on NumPy (Fashion CNN's 32->64 conv, batch 128): channel-major beats NHWC inside (im2col
+2.6 vs 3.5 ms, col2im 5.4 vs 9.5 ms), one big matmul beats 9 accumulated per-offset matmuls, and
+col2im beats computing dx as a convolution of the padded dy; the matmuls run at 70-80% of the
+machine's large-GEMM rate, and im2col + col2im (single-threaded copies) are the rest.
 """
 from __future__ import annotations
 

@@ -130,3 +130,23 @@ def test_wrong_rank():
 def test_bad_arguments(args, message):
     with pytest.raises(ValueError, match=message):
         layers.MaxPool2D(*args)
+
+
+def test_sequential_runs_relu_after_maxpool_with_identical_results(device, rng):
+    """Sequential executes [ReLU, MaxPool2D] as MaxPool2D then ReLU: same outputs and gradients."""
+    x = rng.standard_normal((2, 3, 6, 6))
+    x[0, 0, :2, :2] = -1.0  # a window of tied negatives
+    grads = []
+    for swapped in (True, False):
+        xpnn.seed(0)
+        model = xpnn.Sequential([layers.Conv2D(3, 4, 3, padding=1), layers.ReLU(), layers.MaxPool2D(2),
+                                 layers.Flatten(), layers.Linear(36, 2)]).to(device, dtype="float64")
+        if swapped:
+            assert model._order == [0, 2, 1, 3, 4]
+        else:
+            model._order = list(range(len(model.layers)))
+        y, backprop = model(xpnn.to_device(x, device), train=True)
+        dx = backprop(xpnn.to_device(np.ones((2, 2)), device))
+        grads.append([xpnn.to_numpy(y), xpnn.to_numpy(dx)] + [xpnn.to_numpy(p.grad) for p in model.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)

@@ -258,3 +258,14 @@ def test_summary_lists_layers_shapes_and_parameters():
     assert "Linear(in_features=12288, out_features=20, bias=True)" in text
     assert "(N, 20)" in text and "245,780" in text
     assert "Total parameters: 245,973" in text
+
+
+def test_load_state_dict_copies_so_training_never_writes_into_the_callers_arrays(device):
+    model = tutorial_mlp(8)
+    initial = model.state_dict()
+    snapshot = {k: v.copy() for k, v in initial.items()}
+    model.load_state_dict(initial)
+    x, y = teacher_task(32, features=8)
+    model.fit(x, y, loss="bce", optimizer=optim.SGD(lr=0.1), epochs=1, verbose=0)
+    for key, value in initial.items():
+        np.testing.assert_array_equal(value, snapshot[key])

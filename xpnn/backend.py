@@ -271,11 +271,14 @@ def dtype_name(dtype: Any) -> str:
     return found[-1]
 
 
-def to_device(host: Any, device: "str | Device | None" = None, dtype: "str | Any | None" = None) -> Any:
-    """Copy a host array (NumPy, list, scalar) onto ``device`` (default: the active one).
+def to_device(host: Any, device: "str | Device | None" = None, dtype: "str | Any | None" = None,
+              copy: bool = False) -> Any:
+    """Put a host array (NumPy, list, scalar) on ``device`` (default: the active one).
 
     ``dtype`` is a name (``"float32"``) or a dtype of the target namespace. Arrays that are
     already on a device are first brought to the host, so any array can be moved anywhere.
+    On the CPU the result may share memory with ``host``; ``copy=True`` guarantees it does
+    not (what loading weights needs, so training never writes into the caller's arrays).
     """
     target = resolve(device)
     if not isinstance(host, np.ndarray):
@@ -284,9 +287,9 @@ def to_device(host: Any, device: "str | Device | None" = None, dtype: "str | Any
     on_gpu = is_cupy_namespace(xp)
     with target.native if on_gpu else contextlib.nullcontext():
         if is_numpy_namespace(xp) or on_gpu:
-            moved = xp.asarray(host)
+            moved = xp.asarray(host, copy=True) if copy else xp.asarray(host)
         else:
-            moved = xp.asarray(host, device=target.native)
+            moved = xp.asarray(host, device=target.native, copy=True if copy else None)
         if dtype is not None and moved.dtype != dtype_of(xp, dtype):
             moved = xp.astype(moved, dtype_of(xp, dtype))
     return moved

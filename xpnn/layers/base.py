@@ -131,7 +131,7 @@ class Layer:
             have = tuple(mine[name].shape)
             if tuple(host.shape) != have:
                 raise ShapeError(f"{self.describe()}.{name}: expected shape {have}, file has {tuple(host.shape)}")
-            value = backend.to_device(host, target, dtype=mine[name].dtype)
+            value = backend.to_device(host, target, dtype=mine[name].dtype, copy=True)
             self._set_array(name, value)
 
     def _set_array(self, name: str, value: Any) -> None:

@@ -76,7 +76,7 @@ def image_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def catdog_run(tmp_path_factory, image_folder):
     out = tmp_path_factory.mktemp("cli") / "catdog"
-    xpnn_cmd("train", "--data", image_folder, "--model", "catdog", "--image-size", "16", "--epochs", "2",
+    xpnn_cmd("train", "--data", image_folder, "--model", "catdog", "--image-size", "24", "--epochs", "2",
              "--batch-size", "8", "--quiet", "--out", out)
     return out
 
@@ -162,7 +162,7 @@ def test_info_and_devices(fashion_run):
 
 def test_image_folder_rgb_model(catdog_run, image_folder):
     model = xpnn.load(catdog_run / "model.npz")
-    assert model.metadata["classes"] == ["cat", "dog"] and model.input_shape == (3, 16, 16)
+    assert model.metadata["classes"] == ["cat", "dog"] and model.input_shape == (3, 24, 24)
     assert json.loads((catdog_run / "run.json").read_text())["data"]["test"] == 10  # 20% of 48, stratified
     results = json.loads(xpnn_cmd("predict", catdog_run / "model.npz", image_folder / "dog" / "0.png",
                                   "--top-k", "5", "--json").stdout)
@@ -285,7 +285,7 @@ def test_error_model_files_that_do_not_fit(fashion_run, catdog_run, tmp_path):
     assert_user_error(xpnn_cmd("evaluate", alien, check=False), "cannot rebuild the architecture", "Conv3D")
 
     other = xpnn_cmd("evaluate", catdog_run / "model.npz", "--data", "fashion-mnist-sample", check=False)
-    assert_user_error(other, "(3, 16, 16)", "(1, 28, 28)")
+    assert_user_error(other, "(3, 24, 24)", "(1, 28, 28)")
     resumed = xpnn_cmd("train", "--resume", fashion_run[0], "--model", "mlp", "--epochs", "3", check=False)
     assert_user_error(resumed, "--model mlp differs from the run being resumed (cnn)")
 

@@ -16,7 +16,7 @@ from .layers.pool import GlobalAvgPool2D
 from .losses import Loss, get_loss
 from .model import Sequential, mlp
 
-__all__ = ["fashion_cnn", "tutorial_cnn", "catdog_cnn", "tutorial_mlp", "dense_mlp", "MODELS", "build", "loss_for"]
+__all__ = ["fashion_cnn", "tutorial_cnn", "catdog_cnn", "catdog_bn_cnn", "tutorial_mlp", "dense_mlp", "MODELS", "build", "loss_for"]
 
 
 def _check_size(name: str, image_size: int, factor: int) -> None:
@@ -46,10 +46,27 @@ def tutorial_cnn(classes: int = 10, channels: int = 1, image_size: int = 28) -> 
     return Sequential([Conv2D(channels, 8, 3), MaxPool2D(2), Flatten(), Linear(8 * side * side, classes)])
 
 
-def catdog_cnn(image_size: int = 64, channels: int = 3, classes: int = 2) -> Sequential:
+def catdog_cnn(image_size: int = 128, channels: int = 3, classes: int = 2) -> Sequential:
+    """The cat/dog CNN of the benchmarks and examples: three valid 3x3 convolutions (32, 64, 128
+    filters), each ReLU + 2x2 max-pool, then Linear(->256), ReLU and one logit for two classes
+    (else one per class). At 64x64 the flattened features are 128*6*6 = 4608; at 128x128, 25088."""
+    side = image_size
+    for _ in range(3):
+        side = (side - 2) // 2
+    if side < 1:
+        raise ValueError(f"model 'catdog' needs images of at least 22x22, got {image_size}")
+    layers: list[Layer] = []
+    for c_in, c_out in zip((channels, 32, 64), (32, 64, 128)):
+        layers += [Conv2D(c_in, c_out, 3), ReLU(), MaxPool2D(2)]
+    out = 1 if classes == 2 else classes
+    return Sequential([*layers, Flatten(), Linear(128 * side * side, 256), ReLU(), Linear(256, out)])
+
+
+def catdog_bn_cnn(image_size: int = 64, channels: int = 3, classes: int = 2) -> Sequential:
     """Four conv blocks (Conv3x3 same, BatchNorm, ReLU, MaxPool2; 32-64-128-128 filters), global
-    average pooling, Dropout(0.3) and Linear(128->classes): small photos such as cats vs dogs."""
-    _check_size("catdog", image_size, 16)
+    average pooling, Dropout(0.3) and Linear(128->classes): a photo classifier whose size does not
+    grow with the image (any multiple of 16)."""
+    _check_size("catdog-bn", image_size, 16)
     layers: list[Layer] = []
     widths = (32, 64, 128, 128)
     for c_in, c_out in zip((channels, *widths[:-1]), widths):
@@ -80,6 +97,7 @@ MODELS: dict[str, Builder] = {
     "cnn": lambda shape, classes: fashion_cnn(classes, shape[0], _square(shape, "cnn")),
     "mlp": lambda shape, classes: dense_mlp(math.prod(shape), classes),
     "catdog": lambda shape, classes: catdog_cnn(_square(shape, "catdog"), shape[0], classes),
+    "catdog-bn": lambda shape, classes: catdog_bn_cnn(_square(shape, "catdog-bn"), shape[0], classes),
     "tutorial-cnn": lambda shape, classes: tutorial_cnn(classes, shape[0], _square(shape, "tutorial-cnn")),
     "tutorial-mlp": lambda shape, classes: tutorial_mlp(math.prod(shape), classes),
 }

@@ -46,6 +46,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import common  # noqa: E402
 import xpnn  # noqa: E402
 from xpnn import layers as L  # noqa: E402
 from xpnn import losses, optim  # noqa: E402
@@ -284,23 +285,13 @@ def child(job: list[str], args: argparse.Namespace) -> object:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu (NumPy vs torch CPU) or gpu:0 (CuPy vs torch CUDA)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per library and workload (median shown)")
+    parser = common.parser(__doc__)
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed run")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--only", choices=sorted(WORKLOADS), nargs="+", help="run only these workloads")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    try:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        torch_version = torch.__version__
-    except ImportError:
-        torch = None
-        torch_version = "not installed"
+    torch, torch_version = common.import_torch(args.threads)
     if args.child:
         print(json.dumps(run_child(args.child, args, torch)))
         return

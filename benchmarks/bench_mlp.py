@@ -9,7 +9,6 @@ Both libraries train the same initial weights on the same random data; each time
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -21,6 +20,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import common  # noqa: E402
 import xpnn  # noqa: E402
 from xpnn import losses, optim  # noqa: E402
 
@@ -82,7 +82,7 @@ def time_torch(sizes, x, y, epochs, repeats, initial, device):
             opt.step()
         if torch_device == "cuda":
             torch.cuda.synchronize()
-        return float(value)
+        return float(value.detach())
 
     reset()
     run(2)
@@ -96,19 +96,10 @@ def time_torch(sizes, x, y, epochs, repeats, initial, device):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = common.parser(__doc__)
+    parser.add_argument("--epochs", type=int, default=60, help="full-batch steps per timed run")
     args = parser.parse_args()
-    try:
-        import torch
-        torch.set_num_threads(args.threads)
-        torch_version = torch.__version__
-    except ImportError:
-        torch = None
-        torch_version = "not installed"
+    torch, torch_version = common.import_torch(args.threads)
     print(f"xpnn {xpnn.__version__} on {args.device}, NumPy {np.__version__}, PyTorch {torch_version}, "
           f"{args.threads} threads, {args.epochs} full-batch steps per run, median of {args.repeats} runs")
     header = f"{'workload':<20} {'samples':>7} {'xpnn samples/s':>15} {'torch samples/s':>16} {'ratio':>6}  final loss xpnn/torch"

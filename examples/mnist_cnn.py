@@ -3,6 +3,7 @@
     python examples/mnist_cnn.py                                    # 2-conv CNN, shipped Fashion-MNIST sample
     python examples/mnist_cnn.py --model tutorial                   # Conv3x3(8) -> MaxPool2 -> softmax
     python examples/mnist_cnn.py --data fashion --epochs 15 --augment flip    # full Fashion-MNIST
+    python examples/mnist_cnn.py --model cnn-bn --data fashion --epochs 15 --augment flip   # with BatchNorm
     python examples/mnist_cnn.py --data mnist                       # MNIST digits, if installed (do not flip)
 
 ``--model tutorial`` is ``xpnn.zoo.tutorial_cnn``: eight valid 3x3 filters, 2x2 max-pooling and a
@@ -10,8 +11,10 @@ linear layer into a softmax (fused into the cross-entropy), trained with SGD and
 ``--model cnn`` is ``xpnn.zoo.fashion_cnn``: two 'same' 3x3 convolutions (32 and 64 filters), each
 with ReLU and 2x2 max-pooling, Linear(3136 -> 128), ReLU, Dropout(0.3), Linear(128 -> 10), trained
 with AdamW (weight decay 0.05), a cosine learning rate and batches of 64: with ``--augment flip`` this
-is the recipe of ``benchmarks/fashion_accuracy.py``. Inputs are standardized with the training
-set's mean and std. Random crops (``--augment crop``) cost accuracy in 15 epochs on Fashion-MNIST.
+is the recipe of ``benchmarks/fashion_accuracy.py``. ``--model cnn-bn`` is the same network with a
+BatchNorm2D after each (then bias-free) convolution: the one that clears 92.5% on the full test
+set. Inputs are standardized with the training set's mean and std. Random crops (``--augment crop``)
+cost accuracy in 15 epochs on Fashion-MNIST.
 
 ``--data``: ``sample`` (the shipped 6,000/1,000 Fashion-MNIST sample), ``fashion`` or ``mnist`` (the
 full sets, from local files; see ``xpnn.datasets``), or a folder holding the four IDX files.
@@ -29,6 +32,8 @@ MODELS = {
                  "optimizer": lambda lr, epochs: optim.SGD(lr=lr, momentum=0.9)},
     "cnn": {"build": lambda: zoo.fashion_cnn(dropout=0.3), "epochs": 3, "lr": 1e-3,
             "optimizer": lambda lr, epochs: optim.AdamW(lr=optim.CosineDecay(lr, epochs), weight_decay=0.05)},
+    "cnn-bn": {"build": lambda: zoo.fashion_cnn(dropout=0.3, batch_norm=True), "epochs": 3, "lr": 1e-3,
+               "optimizer": lambda lr, epochs: optim.AdamW(lr=optim.CosineDecay(lr, epochs), weight_decay=0.05)},
 }
 AUGMENT = {"none": (0, False), "crop": (2, False), "flip": (0, True), "crop+flip": (2, True)}
 

@@ -61,8 +61,9 @@ def _run(script: Path, *args: str, timeout: float = 120) -> str:
     ("cat_mlp.py", []),
     ("mnist_cnn.py", ["--model", "tutorial"]),
     ("mnist_cnn.py", ["--model", "cnn", "--augment", "crop+flip"]),
+    ("mnist_cnn.py", ["--model", "cnn-bn", "--augment", "flip"]),
     ("catdog_cnn.py", []),
-], ids=["cat_mlp", "mnist_tutorial", "mnist_cnn", "catdog_cnn"])
+], ids=["cat_mlp", "mnist_tutorial", "mnist_cnn", "mnist_cnn_bn", "catdog_cnn"])
 def test_example_runs_and_prints_accuracy(script, args):
     out = _run(EXAMPLES / script, *args, "--epochs", "1", "--limit", "256", "--verbose", "0")
     match = ACCURACY.search(out)
@@ -72,11 +73,12 @@ def test_example_runs_and_prints_accuracy(script, args):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed")
-def test_accuracy_benchmark_runs_both_libraries():
+@pytest.mark.parametrize("model", ["mlp", "cnn-bn"])
+def test_accuracy_benchmark_runs_both_libraries(model):
     try:
         xpnn.datasets.fashion_mnist()
     except FileNotFoundError:
         pytest.skip("the full Fashion-MNIST files are not installed")
-    out = _run(ROOT / "benchmarks" / "fashion_accuracy.py", "--model", "mlp", "--epochs", "1", "--limit", "256")
+    out = _run(ROOT / "benchmarks" / "fashion_accuracy.py", "--model", model, "--epochs", "1", "--limit", "256")
     for lib in ("xpnn", "torch"):
         assert re.search(rf"- {lib}: final test accuracy \d+\.\d+%", out), out

@@ -24,17 +24,22 @@ def _check_size(name: str, image_size: int, factor: int) -> None:
         raise ValueError(f"model {name!r} needs an image size that is a multiple of {factor}, got {image_size}")
 
 
-def fashion_cnn(classes: int = 10, channels: int = 1, image_size: int = 28, dropout: float = 0.0) -> Sequential:
+def fashion_cnn(classes: int = 10, channels: int = 1, image_size: int = 28, dropout: float = 0.0,
+                batch_norm: bool = False) -> Sequential:
     """Two 3x3 'same' convolutions (32, 64 filters), each ReLU + 2x2 max-pool, then Linear(->128), ReLU,
-    Linear(->classes). For 28x28 Fashion-MNIST the flattened features are 64*7*7 = 3136."""
-    _check_size("cnn", image_size, 4)
+    Linear(->classes). For 28x28 Fashion-MNIST the flattened features are 64*7*7 = 3136.
+
+    ``batch_norm=True`` puts a BatchNorm2D between each convolution (then without bias, which the
+    normalization would cancel) and its ReLU; ``dropout`` goes before the last Linear layer."""
+    _check_size("cnn-bn" if batch_norm else "cnn", image_size, 4)
     features = 64 * (image_size // 4) ** 2
     head: list[Layer] = [Dropout(dropout)] if dropout else []
-    return Sequential([
-        Conv2D(channels, 32, 3, padding="same"), ReLU(), MaxPool2D(2),
-        Conv2D(32, 64, 3, padding="same"), ReLU(), MaxPool2D(2),
-        Flatten(), Linear(features, 128), ReLU(), *head, Linear(128, classes),
-    ])
+    blocks: list[Layer] = []
+    for c_in, c_out in ((channels, 32), (32, 64)):
+        blocks.append(Conv2D(c_in, c_out, 3, padding="same", bias=not batch_norm))
+        blocks += [BatchNorm2D(c_out)] if batch_norm else []
+        blocks += [ReLU(), MaxPool2D(2)]
+    return Sequential([*blocks, Flatten(), Linear(features, 128), ReLU(), *head, Linear(128, classes)])
 
 
 def tutorial_cnn(classes: int = 10, channels: int = 1, image_size: int = 28) -> Sequential:
@@ -95,6 +100,7 @@ Builder = Callable[[tuple[int, int, int], int], Sequential]
 #: name -> builder(input_shape (C, H, W), classes)
 MODELS: dict[str, Builder] = {
     "cnn": lambda shape, classes: fashion_cnn(classes, shape[0], _square(shape, "cnn")),
+    "cnn-bn": lambda shape, classes: fashion_cnn(classes, shape[0], _square(shape, "cnn-bn"), batch_norm=True),
     "mlp": lambda shape, classes: dense_mlp(math.prod(shape), classes),
     "catdog": lambda shape, classes: catdog_cnn(_square(shape, "catdog"), shape[0], classes),
     "catdog-bn": lambda shape, classes: catdog_bn_cnn(_square(shape, "catdog-bn"), shape[0], classes),

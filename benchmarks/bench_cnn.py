@@ -64,8 +64,13 @@ WORKLOADS = {
         ("conv", 3, 32, 0), ("relu",), ("pool",), ("conv", 32, 64, 0), ("relu",), ("pool",),
         ("conv", 64, 128, 0), ("relu",), ("pool",), ("flatten",), ("linear", 4608, 256), ("relu",),
         ("linear", 256, 1)]),
+    # the Fashion CNN with BatchNorm2D after each bias-free conv (zoo.fashion_cnn(batch_norm=True))
+    "fashion-bn": ((1, 28, 28), 128, 10, [
+        ("conv", 1, 32, "same", False), ("bn", 32), ("relu",), ("pool",), ("conv", 32, 64, "same", False),
+        ("bn", 64), ("relu",), ("pool",), ("flatten",), ("linear", 3136, 128), ("relu",), ("linear", 128, 10)]),
 }
-TITLES = {"mnist": "tutorial MNIST CNN", "fashion": "Fashion CNN", "catdog": "cat/dog CNN 3x64x64"}
+TITLES = {"mnist": "tutorial MNIST CNN", "fashion": "Fashion CNN", "catdog": "cat/dog CNN 3x64x64",
+          "fashion-bn": "Fashion CNN + BN"}
 
 
 # --------------------------------------------------------------------------- the two models
@@ -75,7 +80,9 @@ def xpnn_model(specs: list) -> xpnn.Sequential:
     made = []
     for kind, *args in specs:
         if kind == "conv":
-            made.append(L.Conv2D(args[0], args[1], 3, padding=args[2]))
+            made.append(L.Conv2D(args[0], args[1], 3, padding=args[2], bias=args[3] if len(args) > 3 else True))
+        elif kind == "bn":
+            made.append(L.BatchNorm2D(args[0]))
         elif kind == "linear":
             made.append(L.Linear(*args))
         else:
@@ -91,15 +98,19 @@ def torch_model(specs: list, model: xpnn.Sequential, device: str):
     made = []
     for (kind, *args), layer in zip(specs, model.layers):
         if kind == "conv":
-            module = nn.Conv2d(args[0], args[1], 3, padding=args[2])
+            module = nn.Conv2d(args[0], args[1], 3, padding=args[2], bias=layer.bias is not None)
             module.weight.data = torch.from_numpy(xpnn.to_numpy(layer.weight.value).copy())
         elif kind == "linear":
             module = nn.Linear(*args)
             module.weight.data = torch.from_numpy(xpnn.to_numpy(layer.weight.value).T.copy())
+        elif kind == "bn":
+            made.append(nn.BatchNorm2d(args[0], eps=layer.eps, momentum=layer.momentum))
+            continue
         else:
             made.append({"relu": nn.ReLU, "pool": lambda: nn.MaxPool2d(2), "flatten": nn.Flatten}[kind]())
             continue
-        module.bias.data = torch.from_numpy(xpnn.to_numpy(layer.bias.value).copy())
+        if layer.bias is not None:
+            module.bias.data = torch.from_numpy(xpnn.to_numpy(layer.bias.value).copy())
         made.append(module)
     return nn.Sequential(*made).to(device)
 

@@ -40,50 +40,67 @@ class _BatchNorm(Layer):
         self.running_mean = zeros
         self.running_var = zeros + 1
 
-    def _per_channel(self, v: Any, ndim: int) -> Any:
-        """A (C,) array shaped to broadcast against the input."""
-        xp = array_namespace(v)
-        return xp.reshape(v, (1, self.num_features) + (1,) * (ndim - 2))
+    def _channel_major(self, x: Any) -> Any:
+        """``x`` as a (C, M) array, M the values per channel. Free for Conv2D/pool outputs, which are
+        NCHW views of (C, N, H, W) memory; one copy for an NCHW-contiguous input."""
+        xp = array_namespace(x)
+        order = (1, 0, *range(2, x.ndim))
+        return xp.reshape(xp.permute_dims(x, order), (self.num_features, -1))
+
+    def _batch_major(self, values: Any, shape: tuple[int, ...]) -> Any:
+        """A (C, M) result back in the input's ``shape``, as a view of the channel-major memory."""
+        xp = array_namespace(values)
+        order = (1, 0, *range(2, len(shape)))
+        return xp.permute_dims(xp.reshape(values, (shape[1], shape[0], *shape[2:])), order)
 
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         xp = array_namespace(x)
-        axes, ndim = self.axes, x.ndim
-        count = 1
-        for axis in axes:
-            count *= int(x.shape[axis])
+        shape = tuple(int(d) for d in x.shape)
+        values = self._channel_major(x)
+        count = int(values.shape[1])
         gamma, beta = self.gamma, self.beta
-        if train:
-            if count < 2:
-                raise ShapeError(f"{self.describe()} needs more than one value per channel in training, "
-                                 f"got input shape {tuple(x.shape)}")
-            mean = xp.mean(x, axis=axes, keepdims=True)
-            centered = x - mean
-            var = xp.mean(centered * centered, axis=axes, keepdims=True)
-            self._update_running(xp.reshape(mean, (-1,)), xp.reshape(var, (-1,)) * (count / (count - 1)))
-        else:
-            mean = self._per_channel(self.running_mean, ndim)
-            var = self._per_channel(self.running_var, ndim)
-            centered = x - mean
+        if not train:
+            scale = gamma.value / xp.sqrt(self.running_var + self.eps)
+            shift = beta.value - self.running_mean * scale
+            y = values * scale[:, None]
+            y += shift[:, None]
+
+            def backprop_eval(dy: Any) -> Any:
+                dy_values = self._channel_major(dy)
+                gamma.accumulate(xp.vecdot(dy_values, values - self.running_mean[:, None]) /
+                                 xp.sqrt(self.running_var + self.eps))
+                beta.accumulate(xp.sum(dy_values, axis=1))
+                return self._batch_major(dy_values * scale[:, None], shape) if input_grad else None
+
+            return self._batch_major(y, shape), backprop_eval
+        if count < 2:
+            raise ShapeError(f"{self.describe()} needs more than one value per channel in training, "
+                             f"got input shape {shape}")
+        mean = xp.sum(values, axis=1) / count
+        centered = values - mean[:, None]
+        var = xp.vecdot(centered, centered) / count
+        self._update_running(mean, var * (count / (count - 1)))
         inv_std = 1.0 / xp.sqrt(var + self.eps)
-        x_hat = centered * inv_std
-        g = self._per_channel(gamma.value, ndim)
-        y = x_hat * g + self._per_channel(beta.value, ndim)
+        scale = gamma.value * inv_std
+        y = centered * scale[:, None]
+        y += beta.value[:, None]
 
         def backprop(dy: Any) -> Any:
-            dbeta = xp.sum(dy, axis=axes)
-            dgamma = xp.sum(dy * x_hat, axis=axes)
+            # with x_hat = centered * inv_std: dgamma = sum(dy * x_hat), dbeta = sum(dy), and
+            # dx = scale * (dy - dbeta / count - x_hat * dgamma / count), per channel
+            dy_values = self._channel_major(dy)
+            dbeta = xp.sum(dy_values, axis=1)
+            dgamma = xp.vecdot(dy_values, centered) * inv_std
             gamma.accumulate(dgamma)
             beta.accumulate(dbeta)
             if not input_grad:
                 return None
-            scale = g * inv_std
-            if not train:
-                return dy * scale
-            mean_dy = self._per_channel(dbeta, ndim) / count
-            mean_dy_xhat = self._per_channel(dgamma, ndim) / count
-            return scale * (dy - mean_dy - x_hat * mean_dy_xhat)
+            dx = dy_values * scale[:, None]
+            dx -= centered * (scale * inv_std * dgamma / count)[:, None]
+            dx -= (scale * dbeta / count)[:, None]
+            return self._batch_major(dx, shape)
 
-        return y, backprop
+        return self._batch_major(y, shape), backprop
 
     def _update_running(self, batch_mean: Any, batch_var: Any) -> None:
         m = self.momentum

@@ -150,3 +150,37 @@ def test_sequential_runs_relu_after_maxpool_with_identical_results(device, rng):
         grads.append([xpnn.to_numpy(y), xpnn.to_numpy(dx)] + [xpnn.to_numpy(p.grad) for p in model.parameters()])
     for a, b in zip(*grads):
         np.testing.assert_array_equal(a, b)
+
+
+def first_max_pool_reference(x, kernel, stride):
+    """Brute-force max pooling of a NumPy NCHW array and the gradient of sum(y * dy) for a dy of
+    ones scaled by position, sending each window's gradient to its first (row-major) maximum."""
+    n, c, h, w = x.shape
+    out_h, out_w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+    y = np.empty((n, c, out_h, out_w), x.dtype)
+    dy = np.arange(1, y.size + 1, dtype=x.dtype).reshape(y.shape)
+    dx = np.zeros_like(x)
+    for b in range(n):
+        for ch in range(c):
+            for i in range(out_h):
+                for j in range(out_w):
+                    window = x[b, ch, i * stride:i * stride + kernel, j * stride:j * stride + kernel]
+                    r, q = np.unravel_index(np.argmax(window), window.shape)  # argmax: the first maximum
+                    y[b, ch, i, j] = window[r, q]
+                    dx[b, ch, i * stride + r, j * stride + q] += dy[b, ch, i, j]
+    return y, dy, dx
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("hw", [(6, 4), (7, 5), (2, 3)], ids=["6x4", "7x5", "2x3"])
+def test_max_pool_2x2_matches_the_first_max_reference_with_many_ties(device, rng, hw, train):
+    """2x2 / stride 2 on values drawn from {0, 1, 2}: most windows hold ties, in every arrangement,
+    and an odd trailing row/column gets no gradient."""
+    x = rng.integers(0, 3, (3, 2, *hw)).astype(np.float32)
+    x[0, 0, :2, :2] = [[0, 2], [2, 0]]  # a tie that a column-first tournament gets wrong
+    expected_y, dy, expected_dx = first_max_pool_reference(x, 2, 2)
+    y, backprop = layers.MaxPool2D(2)(xpnn.to_device(x, device), train=train)
+    dx = backprop(xpnn.to_device(dy, device))
+    assert backend.device_of(dx) == backend.resolve(device)
+    np.testing.assert_array_equal(xpnn.to_numpy(y), expected_y)
+    np.testing.assert_array_equal(xpnn.to_numpy(dx), expected_dx)

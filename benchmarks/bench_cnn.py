@@ -23,6 +23,14 @@ oneDNN), three quiet runs of the default settings; ratio = torch time / xpnn tim
     Fashion CNN          xpnn  2,990-3,180 samples/s   torch  4,660-5,290   ratio 0.60-0.67x
     cat/dog CNN          xpnn    445-486 samples/s     torch    673-853     ratio 0.52-0.71x
 
+A later day, same script, ``--repeats 5`` (GEMM peak 192 GFLOP/s): 22,017 / 18,878 samples/s
+(1.17x), 1,855 / 2,830 (0.66x), 258 / 399 (0.65x), and the Fashion CNN with BatchNorm 1,518 /
+2,314 (0.66x). Inside a real step (every array freshly allocated, nothing left in cache) the
+Fashion CNN's time is about half its 32->64 convolution (14 ms forward, 22 ms backward of a 76 ms
+step) and a quarter its first ReLU + MaxPool2D; OpenBLAS runs these convolutions' matmuls at
+110-157 GFLOP/s, so the three im2col matmuls of that layer alone (22 ms) take longer than
+PyTorch's whole forward and backward of it (15.5 ms).
+
 The machine's speed swings (its 4096^3 GEMM rate read 230 or 440 GFLOP/s minutes apart) and it
 is shared, so only the alternating side-by-side ratio means much. Where xpnn loses, it is in the
 32->64 and 64->128 convolutions: oneDNN's direct convolution finishes forward and backward in

@@ -21,8 +21,6 @@ __all__ = ["BatchNorm1D", "BatchNorm2D"]
 class _BatchNorm(Layer):
     param_names = ("gamma", "beta")
     buffer_names = ("running_mean", "running_var")
-    #: the axes statistics are taken over (all but the channel axis 1)
-    axes: tuple[int, ...] = (0,)
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, dtype: str = "float32") -> None:
         name = type(self).__name__
@@ -124,7 +122,6 @@ class BatchNorm1D(_BatchNorm):
     """Batch norm of (N, C) features."""
 
     input_rank = 2
-    axes = (0,)
 
     def expected_input(self) -> str:
         return f"(N, {self.num_features})"
@@ -134,7 +131,6 @@ class BatchNorm2D(_BatchNorm):
     """Batch norm of NCHW images, per channel over the batch and all pixels."""
 
     input_rank = 4
-    axes = (0, 2, 3)
 
     def expected_input(self) -> str:
         return f"(N, {self.num_features}, H, W)"

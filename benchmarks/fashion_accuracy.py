@@ -56,17 +56,16 @@ from xpnn import layers as L  # noqa: E402
 from xpnn import optim, zoo  # noqa: E402
 from xpnn.data import channel_stats, train_test_split  # noqa: E402
 
+#: the training settings both CNNs share
+CNN_SETTINGS: dict[str, Any] = {"hidden": (), "dropout": 0.3, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 64,
+                                "augment": "flip", "bar": 0.925}
 #: name -> network builder and training settings; ``bar`` is the test accuracy to reach
 RECIPES: dict[str, dict[str, Any]] = {
     "mlp": {"build": lambda args: zoo.dense_mlp(784, 10, hidden=args.hidden, dropout=args.dropout),
             "hidden": (512, 256), "dropout": 0.2, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 128,
             "augment": "flip", "bar": 0.89},
-    "cnn": {"build": lambda args: zoo.fashion_cnn(10, dropout=args.dropout),
-            "hidden": (), "dropout": 0.3, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 64,
-            "augment": "flip", "bar": 0.925},
-    "cnn-bn": {"build": lambda args: zoo.fashion_cnn(10, dropout=args.dropout, batch_norm=True),
-               "hidden": (), "dropout": 0.3, "lr": 1e-3, "weight_decay": 0.05, "batch_size": 64,
-               "augment": "flip", "bar": 0.925},
+    "cnn": {"build": lambda args: zoo.fashion_cnn(10, dropout=args.dropout), **CNN_SETTINGS},
+    "cnn-bn": {"build": lambda args: zoo.fashion_cnn(10, dropout=args.dropout, batch_norm=True), **CNN_SETTINGS},
 }
 PAD = 2
 

@@ -26,14 +26,18 @@ import xpnn
 from xpnn import optim, zoo
 from xpnn.data import channel_stats
 
+def cosine_adamw(lr: float, epochs: int) -> optim.AdamW:
+    """The CNNs' optimizer: AdamW (weight decay 0.05) with a cosine learning rate over ``epochs``."""
+    return optim.AdamW(lr=optim.CosineDecay(lr, epochs), weight_decay=0.05)
+
+
 #: per-model defaults: epochs, learning rate, and the optimizer for a given lr and epoch count
 MODELS = {
     "tutorial": {"build": zoo.tutorial_cnn, "epochs": 5, "lr": 0.01,
                  "optimizer": lambda lr, epochs: optim.SGD(lr=lr, momentum=0.9)},
-    "cnn": {"build": lambda: zoo.fashion_cnn(dropout=0.3), "epochs": 3, "lr": 1e-3,
-            "optimizer": lambda lr, epochs: optim.AdamW(lr=optim.CosineDecay(lr, epochs), weight_decay=0.05)},
+    "cnn": {"build": lambda: zoo.fashion_cnn(dropout=0.3), "epochs": 3, "lr": 1e-3, "optimizer": cosine_adamw},
     "cnn-bn": {"build": lambda: zoo.fashion_cnn(dropout=0.3, batch_norm=True), "epochs": 3, "lr": 1e-3,
-               "optimizer": lambda lr, epochs: optim.AdamW(lr=optim.CosineDecay(lr, epochs), weight_decay=0.05)},
+               "optimizer": cosine_adamw},
 }
 AUGMENT = {"none": (0, False), "crop": (2, False), "flip": (0, True), "crop+flip": (2, True)}
 

@@ -58,15 +58,15 @@ class _BatchNorm(Layer):
         count = int(values.shape[1])
         gamma, beta = self.gamma, self.beta
         if not train:
-            scale = gamma.value / xp.sqrt(self.running_var + self.eps)
+            inv_std = 1.0 / xp.sqrt(self.running_var + self.eps)
+            scale = gamma.value * inv_std
             shift = beta.value - self.running_mean * scale
             y = values * scale[:, None]
             y += shift[:, None]
 
             def backprop_eval(dy: Any) -> Any:
                 dy_values = self._channel_major(dy)
-                gamma.accumulate(xp.vecdot(dy_values, values - self.running_mean[:, None]) /
-                                 xp.sqrt(self.running_var + self.eps))
+                gamma.accumulate(xp.vecdot(dy_values, values - self.running_mean[:, None]) * inv_std)
                 beta.accumulate(xp.sum(dy_values, axis=1))
                 return self._batch_major(dy_values * scale[:, None], shape) if input_grad else None
 

@@ -18,6 +18,7 @@ GRID = [
     ((2, 3), (1, 2), (1, 1), (6, 7), 2),
     (5, 3, 2, (8, 9), 1),
     (1, 2, 0, (5, 4), 2),
+    ((2, 3), None, 0, (5, 7), 2),
 ]
 
 
@@ -154,9 +155,11 @@ def test_sequential_runs_relu_after_maxpool_with_identical_results(device, rng):
 
 def first_max_pool_reference(x, kernel, stride):
     """Brute-force max pooling of a NumPy NCHW array and the gradient of sum(y * dy) for a dy of
-    ones scaled by position, sending each window's gradient to its first (row-major) maximum."""
+    ones scaled by position, sending each window's gradient to its first (row-major) maximum.
+    ``kernel`` and ``stride`` are (rows, cols) pairs."""
     n, c, h, w = x.shape
-    out_h, out_w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+    (kh, kw), (sh, sw) = kernel, stride
+    out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
     y = np.empty((n, c, out_h, out_w), x.dtype)
     dy = np.arange(1, y.size + 1, dtype=x.dtype).reshape(y.shape)
     dx = np.zeros_like(x)
@@ -164,22 +167,32 @@ def first_max_pool_reference(x, kernel, stride):
         for ch in range(c):
             for i in range(out_h):
                 for j in range(out_w):
-                    window = x[b, ch, i * stride:i * stride + kernel, j * stride:j * stride + kernel]
+                    window = x[b, ch, i * sh:i * sh + kh, j * sw:j * sw + kw]
                     r, q = np.unravel_index(np.argmax(window), window.shape)  # argmax: the first maximum
                     y[b, ch, i, j] = window[r, q]
-                    dx[b, ch, i * stride + r, j * stride + q] += dy[b, ch, i, j]
+                    dx[b, ch, i * sh + r, j * sw + q] += dy[b, ch, i, j]
     return y, dy, dx
 
 
+# (kernel, stride, (H, W)): the separable path (stride == kernel, no padding: 2x2, 3x3, 2x3 and
+# 3x1 windows, with trailing rows/columns the windows do not cover) and overlapping windows
+TIE_CASES = [
+    ((2, 2), (2, 2), (6, 4)), ((2, 2), (2, 2), (7, 5)), ((2, 2), (2, 2), (2, 3)),
+    ((3, 3), (3, 3), (7, 8)), ((2, 3), (2, 3), (5, 7)), ((3, 1), (3, 1), (6, 2)),
+    ((2, 2), (1, 1), (5, 4)), ((3, 2), (2, 1), (7, 5)),
+]
+
+
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("hw", [(6, 4), (7, 5), (2, 3)], ids=["6x4", "7x5", "2x3"])
-def test_max_pool_2x2_matches_the_first_max_reference_with_many_ties(device, rng, hw, train):
-    """2x2 / stride 2 on values drawn from {0, 1, 2}: most windows hold ties, in every arrangement,
-    and an odd trailing row/column gets no gradient."""
+@pytest.mark.parametrize("kernel, stride, hw", TIE_CASES,
+                         ids=[f"k{k[0]}x{k[1]}-s{s[0]}x{s[1]}-{hw[0]}x{hw[1]}" for k, s, hw in TIE_CASES])
+def test_max_pool_matches_the_first_max_reference_with_many_ties(device, rng, kernel, stride, hw, train):
+    """Values drawn from {0, 1, 2}: most windows hold ties, in every arrangement, and trailing
+    rows/columns no window covers get no gradient."""
     x = rng.integers(0, 3, (3, 2, *hw)).astype(np.float32)
     x[0, 0, :2, :2] = [[0, 2], [2, 0]]  # a tie that a column-first tournament gets wrong
-    expected_y, dy, expected_dx = first_max_pool_reference(x, 2, 2)
-    y, backprop = layers.MaxPool2D(2)(xpnn.to_device(x, device), train=train)
+    expected_y, dy, expected_dx = first_max_pool_reference(x, kernel, stride)
+    y, backprop = layers.MaxPool2D(kernel, stride)(xpnn.to_device(x, device), train=train)
     dx = backprop(xpnn.to_device(dy, device))
     assert backend.device_of(dx) == backend.resolve(device)
     np.testing.assert_array_equal(xpnn.to_numpy(y), expected_y)

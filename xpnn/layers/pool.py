@@ -4,6 +4,14 @@ The layers work channel-major inside, like Conv2D: a (C, N, H, W) view of the in
 returned as NCHW views. MaxPool2D sends each window's gradient to the first maximum in row-major
 order (PyTorch's rule), also on ties, by routing it down a pairwise tournament with 0/1 masks
 (multiplications: NumPy's ``where`` with an unpredictable mask is about ten times slower).
+
+Non-overlapping windows without padding (the usual ``MaxPool2D(2)``) are pooled separably: first
+along each row (kw strided column slices), then down the columns of that result (kh row
+slices), so the second half works on 1/kw of the data, and backward rebuilds the input gradient
+with two interleaving stacks instead of kh*kw strided writes. Row first, then column, keeps the
+row-major first maximum: the earliest row holding the window's maximum wins, and within it the
+earliest column. NumPy, 2 cores, 2x2 pooling of the Fashion and cat/dog CNNs' first conv outputs:
+forward 7.6 vs 10.7 ms and 22 vs 29 ms, backward about 10-20% faster.
 """
 from __future__ import annotations
 
@@ -102,6 +110,8 @@ class MaxPool2D(_Pool2D):
     """Max over each window; ``stride`` defaults to ``kernel_size``; padding counts as -inf."""
 
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
+        if self.stride == self.kernel_size and self.padding == (0, 0):
+            return self._separable_forward(x, train)
         xp = array_namespace(x)
         out_hw, windows = self._windows(x)
         padded = pad_hw(xp.permute_dims(x, (1, 0, 2, 3)), self.pads, -math.inf)
@@ -121,6 +131,38 @@ class MaxPool2D(_Pool2D):
         def backprop(dy: Any) -> Any:
             parts = _route(xp.permute_dims(dy, (1, 0, 2, 3)), tree if views is None else _tournament(views)[1])
             return xp.permute_dims(self._scatter(parts, windows, out_hw, padded_shape, dy), (1, 0, 2, 3))
+
+        return xp.permute_dims(y, (1, 0, 2, 3)), backprop
+
+    def _separable_forward(self, x: Any, train: bool) -> tuple[Any, Backprop]:
+        """Non-overlapping windows, no padding: the max along rows, then down columns."""
+        xp = array_namespace(x)
+        (kh, kw), (out_h, out_w) = self.kernel_size, self._windows(x)[0]
+        batch, channels, height, width = (int(d) for d in x.shape)
+        rows, cols = out_h * kh, out_w * kw  # what the windows cover; a remainder gets no gradient
+        images = xp.permute_dims(x, (1, 0, 2, 3))
+        along_rows = [images[:, :, :rows, j:cols:kw] for j in range(kw)]
+
+        def down_columns(row_max: Any) -> list[Any]:
+            return [row_max[:, :, i::kh, :] for i in range(kh)]
+
+        if train:
+            row_max, row_tree = _tournament(along_rows)
+            y, column_tree = _tournament(down_columns(row_max))
+            along_rows = row_max = None  # the decisions are all backprop needs
+        else:
+            row_max = _max(along_rows)
+            y = _max(down_columns(row_max))
+
+        def backprop(dy: Any) -> Any:
+            trees = (row_tree, column_tree) if along_rows is None else \
+                (_tournament(along_rows)[1], _tournament(down_columns(row_max))[1])
+            per_row = _route(xp.permute_dims(dy, (1, 0, 2, 3)), trees[1])
+            row_grad = xp.reshape(xp.stack(per_row, axis=3), (channels, batch, rows, out_w))
+            dx = xp.reshape(xp.stack(_route(row_grad, trees[0]), axis=-1), (channels, batch, rows, cols))
+            if (rows, cols) != (height, width):
+                dx = xpx.pad(dx, ((0, 0), (0, 0), (0, height - rows), (0, width - cols)))
+            return xp.permute_dims(dx, (1, 0, 2, 3))
 
         return xp.permute_dims(y, (1, 0, 2, 3)), backprop
 

@@ -1,6 +1,7 @@
 """CNN training steps: xpnn vs PyTorch side by side, float32, same initial weights and data.
 
     python benchmarks/bench_cnn.py [--device cpu|gpu:0] [--repeats 5] [--seconds 1] [--only NAME ...]
+    python benchmarks/bench_cnn.py --breakdown [--only NAME ...]
 
 A training step is forward + backward + plain SGD update (lr 0.01) of one random batch, with the
 first layer's input gradient skipped in both libraries. For each workload one fresh process times
@@ -23,13 +24,19 @@ oneDNN), three quiet runs of the default settings; ratio = torch time / xpnn tim
     Fashion CNN          xpnn  2,990-3,180 samples/s   torch  4,660-5,290   ratio 0.60-0.67x
     cat/dog CNN          xpnn    445-486 samples/s     torch    673-853     ratio 0.52-0.71x
 
-A later day, same script, ``--repeats 5`` (GEMM peak 192 GFLOP/s): 22,017 / 18,878 samples/s
-(1.17x), 1,855 / 2,830 (0.66x), 258 / 399 (0.65x), and the Fashion CNN with BatchNorm 1,518 /
-2,314 (0.66x). Inside a real step (every array freshly allocated, nothing left in cache) the
-Fashion CNN's time is about half its 32->64 convolution (14 ms forward, 22 ms backward of a 76 ms
-step) and a quarter its first ReLU + MaxPool2D; OpenBLAS runs these convolutions' matmuls at
-110-157 GFLOP/s, so the three im2col matmuls of that layer alone (22 ms) take longer than
-PyTorch's whole forward and backward of it (15.5 ms).
+A later day, same script, ``--repeats 5`` (GEMM peak 216 GFLOP/s; MaxPool2D's separable 2x2 path
+in): 21,473 / 19,423 samples/s (1.11x), 937 / 1,409 (0.66x), 206 / 374 (0.55x), and the Fashion
+CNN with BatchNorm 1,116 / 1,771 (0.63x).
+
+``--breakdown`` times each layer inside real steps (every array fresh, as in training) and the
+step's matmuls alone at the same shapes. Same day: the Fashion CNN step took 88 ms (PyTorch 45 ms),
+its matmuls alone 30 ms, its 32->64 convolution 18 ms forward + 28 ms backward and the first
+MaxPool2D 8 + 11 ms; the cat/dog step 252 ms (PyTorch 151 ms), its matmuls alone 109 ms. So
+xpnn's matmuls by themselves take 65-72% of PyTorch's whole step: to match PyTorch, the im2col
+gather, col2im, pooling and ReLU (58 and 143 ms here) would have to fit in the remaining 16 and
+42 ms. OpenBLAS runs these convolutions' matmuls at 110-157 GFLOP/s, so the three im2col matmuls
+of the Fashion 32->64 convolution alone (22 ms) take longer than PyTorch's whole forward and
+backward of it (15.5 ms).
 
 The machine's speed swings (its 4096^3 GEMM rate read 230 or 440 GFLOP/s minutes apart) and it
 is shared, so only the alternating side-by-side ratio means much. Where xpnn loses, it is in the
@@ -279,10 +286,115 @@ def peak_memory(library: str, name: str, device: str) -> int:
     return (_status_kib("VmHWM") - base) * 1024
 
 
+def matmul_shapes(shape: tuple, batch: int, specs: list) -> list[tuple[int, int, int, bool]]:
+    """Every matmul of xpnn's training step as (M, K, N, second operand transposed): per conv, the
+    forward ``W @ cols``, the weight gradient ``dy @ cols.T`` and (but for the first layer) the
+    column gradient ``W.T @ dy``; per Linear the same three with the batch as rows."""
+    c, h, w = shape
+    made = []
+    for index, (kind, *args) in enumerate(specs):
+        if kind == "conv":
+            pad = 1 if args[2] == "same" else 0
+            h, w, rows = h + 2 * pad - 2, w + 2 * pad - 2, 9 * args[0] + (len(args) < 4 or args[3])
+            made += [(args[1], rows, batch * h * w, False), (args[1], batch * h * w, rows, True)]
+            made += [(9 * args[0], args[1], batch * h * w, False)] if index else []
+        elif kind == "pool":
+            h, w = h // 2, w // 2
+        elif kind == "linear":
+            made += [(batch, args[0], args[1], False), (args[0], batch, args[1], False)]
+            made += [(batch, args[1], args[0], True)] if index else []
+    return made
+
+
+def time_matmuls(shapes: list, device: str, repeats: int) -> float:
+    """Seconds the step's matmuls take alone (``shapes`` from :func:`matmul_shapes`), median of runs."""
+    xp = xpnn.backend.resolve(device).xp
+    rng = np.random.default_rng(0)
+    pairs = []
+    for m, k, n, transposed in shapes:
+        b = rng.random((n, k) if transposed else (k, n), dtype=np.float32)
+        pairs.append((xpnn.to_device(rng.random((m, k), dtype=np.float32), device), xpnn.to_device(b, device),
+                      transposed))
+    sync = _synchronizer(device)
+
+    def run() -> None:
+        for a, b, transposed in pairs:
+            xp.matmul(a, xp.matrix_transpose(b) if transposed else b)
+        sync()
+
+    run()
+    times = []
+    for _ in range(max(repeats, 3) * 3):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def layer_label(spec: tuple) -> str:
+    """``("conv", 32, 64, "same")`` -> ``"Conv2D 32->64 3x3 same"``, for the breakdown's rows."""
+    kind, *args = spec
+    if kind == "conv":
+        return f"Conv2D {args[0]}->{args[1]} 3x3 {'same' if args[2] == 'same' else 'valid'}"
+    if kind == "linear":
+        return f"Linear {args[0]}->{args[1]}"
+    return {"bn": "BatchNorm2D", "relu": "ReLU", "pool": "MaxPool2D 2x2", "flatten": "Flatten"}[kind]
+
+
+def layer_breakdown(name: str, device: str, repeats: int, torch) -> dict:
+    """Where xpnn's training step spends its time: each layer's forward and backward, timed in
+    place inside real steps (every array fresh, as in training), in the order the model runs
+    them; the step's matmuls alone at the same shapes; and the whole step of both libraries."""
+    shape, batch, classes, specs = WORKLOADS[name]
+    step, model = xpnn_step(name, device)
+    x_host, y_host = make_batch(shape, batch, classes)
+    x, y = xpnn.to_device(x_host, device), xpnn.to_device(y_host, device)
+    loss = losses.CrossEntropy() if classes > 1 else losses.BinaryCrossEntropy()
+    sync = _synchronizer(device)
+    order = model._order
+    first = min(i for i, layer in enumerate(model.layers) if layer.parameters())
+    runs = max(repeats, 3) * 4
+    forward, backward = np.zeros((runs, len(order))), np.zeros((runs, len(order)))
+    for run in range(runs + 3):
+        hidden, backprops = x, []
+        for slot, index in enumerate(order):
+            started = time.perf_counter()
+            hidden, backprop = model.layers[index](hidden, train=True, input_grad=index > first)
+            sync()
+            if run >= 3:
+                forward[run - 3, slot] = time.perf_counter() - started
+            backprops.append(backprop)
+        grad = loss(hidden, y)[1]()
+        for slot in reversed(range(len(order))):
+            started = time.perf_counter()
+            grad = backprops[slot](grad) if order[slot] >= first else grad
+            sync()
+            if run >= 3:
+                backward[run - 3, slot] = time.perf_counter() - started
+    steps = [step] + ([torch_step(name, device, model)] if torch else [])
+    whole = [seconds for seconds, _ in time_steps(steps, repeats, 0.5)]
+    return {"layers": [f"{index}: {layer_label(specs[index])}" for index in order],
+            "forward": np.median(forward, axis=0).tolist(), "backward": np.median(backward, axis=0).tolist(),
+            "matmuls": time_matmuls(matmul_shapes(shape, batch, specs), device, repeats), "steps": whole}
+
+
+def print_breakdown(name: str, result: dict) -> None:
+    steps = result["steps"]
+    torch_part = f", PyTorch step {1e3 * steps[1]:.1f} ms" if len(steps) > 1 else ""
+    print(f"\n{TITLES[name]}: xpnn step {1e3 * steps[0]:.1f} ms{torch_part}; xpnn's matmuls alone at the "
+          f"step's shapes {1e3 * result['matmuls']:.1f} ms")
+    print(f"  {'layer (in the order it runs)':<34} {'forward ms':>10} {'backward ms':>11}")
+    for layer, fwd, bwd in zip(result["layers"], result["forward"], result["backward"]):
+        print(f"  {layer:<34} {1e3 * fwd:>10.2f} {1e3 * bwd:>11.2f}")
+    print(f"  {'sum of layers':<34} {1e3 * sum(result['forward']):>10.2f} {1e3 * sum(result['backward']):>11.2f}")
+
+
 def run_child(job: list[str], args: argparse.Namespace, torch) -> object:
     kind = job[0]
     if kind == "peak":
         return gemm_peak(args.device)
+    if kind == "breakdown":
+        return layer_breakdown(job[1], args.device, args.repeats, torch)
     if kind == "memory":
         return peak_memory(job[1], job[2], args.device)
     step, model = xpnn_step(job[1], args.device)
@@ -308,6 +420,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed run")
     parser.add_argument("--only", choices=sorted(WORKLOADS), nargs="+", help="run only these workloads")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="instead of the table: per-layer forward/backward times of xpnn's step, and its "
+                             "matmuls alone")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch, torch_version = common.import_torch(args.threads)
@@ -315,6 +430,10 @@ def main() -> None:
         print(json.dumps(run_child(args.child, args, torch)))
         return
 
+    if args.breakdown:
+        for name in args.only or list(WORKLOADS):
+            print_breakdown(name, child(["breakdown", name], args))
+        return
     peak = child(["peak"], args)
     print(f"xpnn {xpnn.__version__} on {args.device}, NumPy {np.__version__}, PyTorch {torch_version}, "
           f"{args.threads} threads, float32; median of {args.repeats} alternating runs of ~{args.seconds:g} s; "

@@ -1,5 +1,6 @@
 """End to end on image files: a two-class PNG folder through ImageFolder and fit; the example
-scripts and the accuracy benchmark run as subprocesses with tiny settings."""
+scripts, the accuracy benchmark and the CNN benchmark's breakdown run as subprocesses with tiny
+settings."""
 from __future__ import annotations
 
 import importlib.util
@@ -82,3 +83,12 @@ def test_accuracy_benchmark_runs_both_libraries(model):
     out = _run(ROOT / "benchmarks" / "fashion_accuracy.py", "--model", model, "--epochs", "1", "--limit", "256")
     for lib in ("xpnn", "torch"):
         assert re.search(rf"- {lib}: final test accuracy \d+\.\d+%", out), out
+
+
+def test_cnn_benchmark_breakdown_lists_every_layer_in_the_order_it_runs():
+    out = _run(ROOT / "benchmarks" / "bench_cnn.py", "--breakdown", "--only", "mnist", "--repeats", "1")
+    assert re.search(r"tutorial MNIST CNN: xpnn step \d+\.\d ms.*matmuls alone at the step's shapes \d+\.\d ms", out)
+    rows = re.findall(r"^  (\d+): (.+?)\s+(\d+\.\d\d)\s+(\d+\.\d\d)$", out, re.M)
+    assert [(index, label.strip()) for index, label, _, _ in rows] == [
+        ("0", "Conv2D 1->8 3x3 valid"), ("1", "MaxPool2D 2x2"), ("2", "Flatten"), ("3", "Linear 1352->10")], out
+    assert "sum of layers" in out

@@ -24,19 +24,19 @@ oneDNN), three quiet runs of the default settings; ratio = torch time / xpnn tim
     Fashion CNN          xpnn  2,990-3,180 samples/s   torch  4,660-5,290   ratio 0.60-0.67x
     cat/dog CNN          xpnn    445-486 samples/s     torch    673-853     ratio 0.52-0.71x
 
-A later day, same script, ``--repeats 5`` (GEMM peak 216 GFLOP/s; MaxPool2D's separable 2x2 path
-in): 21,473 / 19,423 samples/s (1.11x), 937 / 1,409 (0.66x), 206 / 374 (0.55x), and the Fashion
-CNN with BatchNorm 1,116 / 1,771 (0.63x).
+A later day, same script, ``--repeats 5`` (GEMM peak 229 GFLOP/s; MaxPool2D's separable 2x2 path
+and the transposed weight-gradient matmul in): 25,384 / 22,756 samples/s (1.12x), 1,694 / 3,049
+(0.56x), 237 / 398 (0.60x), and the Fashion CNN with BatchNorm 1,227 / 2,134 (0.57x).
 
 ``--breakdown`` times each layer inside real steps (every array fresh, as in training) and the
-step's matmuls alone at the same shapes. Same day: the Fashion CNN step took 88 ms (PyTorch 45 ms),
-its matmuls alone 30 ms, its 32->64 convolution 18 ms forward + 28 ms backward and the first
-MaxPool2D 8 + 11 ms; the cat/dog step 252 ms (PyTorch 151 ms), its matmuls alone 109 ms. So
-xpnn's matmuls by themselves take 65-72% of PyTorch's whole step: to match PyTorch, the im2col
-gather, col2im, pooling and ReLU (58 and 143 ms here) would have to fit in the remaining 16 and
-42 ms. OpenBLAS runs these convolutions' matmuls at 110-157 GFLOP/s, so the three im2col matmuls
-of the Fashion 32->64 convolution alone (22 ms) take longer than PyTorch's whole forward and
-backward of it (15.5 ms).
+step's matmuls alone at the same shapes. Right after that table: the Fashion CNN step took 82 ms
+(PyTorch 50 ms), its matmuls alone 27 ms, its 32->64 convolution 18 ms forward + 26 ms backward
+and the first MaxPool2D 9 + 12 ms; the cat/dog step 246 ms (PyTorch 149 ms), its matmuls alone
+109 ms. So xpnn's matmuls by themselves take 54-73% of PyTorch's whole step: to match PyTorch,
+the im2col gather, col2im, pooling and ReLU (55 and 137 ms here) would have to fit in the
+remaining 23 and 40 ms. OpenBLAS runs these convolutions' matmuls at 100-190 GFLOP/s, so the
+three im2col matmuls of the Fashion 32->64 convolution alone (about 20 ms) take longer than
+PyTorch's whole forward and backward of it (15.5-17 ms, timed alone).
 
 The machine's speed swings (its 4096^3 GEMM rate read 230 or 440 GFLOP/s minutes apart) and it
 is shared, so only the alternating side-by-side ratio means much. Where xpnn loses, it is in the

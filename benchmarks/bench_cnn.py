@@ -288,7 +288,7 @@ def peak_memory(library: str, name: str, device: str) -> int:
 
 def matmul_shapes(shape: tuple, batch: int, specs: list) -> list[tuple[int, int, int, bool]]:
     """Every matmul of xpnn's training step as (M, K, N, second operand transposed): per conv, the
-    forward ``W @ cols``, the weight gradient ``dy @ cols.T`` and (but for the first layer) the
+    forward ``W @ cols``, the weight gradient ``cols @ dy.T`` and (but for the first layer) the
     column gradient ``W.T @ dy``; per Linear the same three with the batch as rows."""
     c, h, w = shape
     made = []
@@ -296,7 +296,7 @@ def matmul_shapes(shape: tuple, batch: int, specs: list) -> list[tuple[int, int,
         if kind == "conv":
             pad = 1 if args[2] == "same" else 0
             h, w, rows = h + 2 * pad - 2, w + 2 * pad - 2, 9 * args[0] + (len(args) < 4 or args[3])
-            made += [(args[1], rows, batch * h * w, False), (args[1], batch * h * w, rows, True)]
+            made += [(args[1], rows, batch * h * w, False), (rows, batch * h * w, args[1], True)]
             made += [(9 * args[0], args[1], batch * h * w, False)] if index else []
         elif kind == "pool":
             h, w = h // 2, w // 2
@@ -352,7 +352,7 @@ def layer_breakdown(name: str, device: str, repeats: int, torch) -> dict:
     loss = losses.CrossEntropy() if classes > 1 else losses.BinaryCrossEntropy()
     sync = _synchronizer(device)
     order = model._order
-    first = min(i for i, layer in enumerate(model.layers) if layer.parameters())
+    first = model._first_trainable
     runs = max(repeats, 3) * 4
     forward, backward = np.zeros((runs, len(order))), np.zeros((runs, len(order)))
     for run in range(runs + 3):

@@ -137,7 +137,8 @@ class MaxPool2D(_Pool2D):
     def _separable_forward(self, x: Any, train: bool) -> tuple[Any, Backprop]:
         """Non-overlapping windows, no padding: the max along rows, then down columns."""
         xp = array_namespace(x)
-        (kh, kw), (out_h, out_w) = self.kernel_size, self._windows(x)[0]
+        (kh, kw) = self.kernel_size
+        out_h, out_w = spatial_output_shape(self, tuple(x.shape), self.kernel_size, self.stride, self.pads)
         batch, channels, height, width = (int(d) for d in x.shape)
         rows, cols = out_h * kh, out_w * kw  # what the windows cover; a remainder gets no gradient
         images = xp.permute_dims(x, (1, 0, 2, 3))
@@ -153,9 +154,10 @@ class MaxPool2D(_Pool2D):
         else:
             row_max = _max(along_rows)
             y = _max(down_columns(row_max))
+            row_tree = column_tree = None  # eval keeps the views; backprop decides if it is called
 
         def backprop(dy: Any) -> Any:
-            trees = (row_tree, column_tree) if along_rows is None else \
+            trees = (row_tree, column_tree) if train else \
                 (_tournament(along_rows)[1], _tournament(down_columns(row_max))[1])
             per_row = _route(xp.permute_dims(dy, (1, 0, 2, 3)), trees[1])
             row_grad = xp.reshape(xp.stack(per_row, axis=3), (channels, batch, rows, out_w))

@@ -10,6 +10,7 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import platform
 import shlex
@@ -26,7 +27,7 @@ import numpy as np
 from . import __version__, backend, metrics, zoo
 from .data import datasets
 from .errors import TrainingDivergedError
-from .files import atomic_write
+from .files import json_text, write_json
 from .io import load, load_checkpoint, save
 from .train import Callback, History, predict
 
@@ -173,11 +174,6 @@ def _cupy_distribution() -> str:
     names = [d.metadata["Name"] for d in importlib.metadata.distributions()
              if (d.metadata["Name"] or "").lower().startswith("cupy")]
     return names[0] if names else "cupy"
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_write(path, "w") as f:
-        f.write(json.dumps(data, indent=1) + "\n")
 
 
 def _input_spec(model: Any) -> dict[str, Any]:
@@ -373,18 +369,28 @@ def cmd_train(args: argparse.Namespace) -> int:
                       transform=_transform(settings, data), initial_epoch=initial_epoch)
     except KeyboardInterrupt:
         done = checkpoint.saved_epoch
-        save(model, out / MODEL_FILE, metadata={**metadata, "epoch": done, "interrupted": True})
+        try:
+            save(model, out / MODEL_FILE, metadata={**metadata, "epoch": done, "interrupted": True})
+            saved = f"saved the current weights to {out / MODEL_FILE}"
+        except ValueError:  # the weights are not finite: nothing is saved from them
+            saved = "the current weights are not finite and were not saved"
         _finish(out, model.history, run, "interrupted", started)
-        print(f"\nxpnn: interrupted in epoch {done + 1}; saved the current weights to {out / MODEL_FILE}. "
+        print(f"\nxpnn: interrupted in epoch {done + 1}; {saved}. "
               f"{out / CHECKPOINT_FILE} holds the {_checkpoint_point(done)}: continue with "
               f"`xpnn train --resume {out}`", file=sys.stderr, flush=True)
         return 130
     except TrainingDivergedError as exc:
-        _finish(out, model.history, run, "diverged", started)
-        print(f"xpnn: error: {_one_line(exc)} The last good checkpoint, {out / CHECKPOINT_FILE} "
-              f"({_checkpoint_point(checkpoint.saved_epoch)}), is kept.", file=sys.stderr, flush=True)
-        return 1
-    return _report_test(model, data, x_test, y_test, settings, metadata, out, run, started)
+        return _diverged(exc, out, model.history, run, started, checkpoint.saved_epoch)
+    return _report_test(model, data, x_test, y_test, settings, metadata, out, run, started, checkpoint.saved_epoch)
+
+
+def _diverged(exc: Exception, out: Path, history: History, run: dict[str, Any], started: float,
+              saved_epoch: int) -> int:
+    """End a run whose loss or weights became NaN/inf: run.json says "diverged", exit code 1."""
+    _finish(out, history, run, "diverged", started)
+    print(f"xpnn: error: {_one_line(exc)} The last good checkpoint, {out / CHECKPOINT_FILE} "
+          f"({_checkpoint_point(saved_epoch)}), is kept.", file=sys.stderr, flush=True)
+    return 1
 
 
 def _checkpoint_point(epoch: int) -> str:
@@ -392,11 +398,16 @@ def _checkpoint_point(epoch: int) -> str:
 
 
 def _report_test(model: Any, data: Dataset, x_test: np.ndarray, y_test: np.ndarray, settings: dict[str, Any],
-                 metadata: dict[str, Any], out: Path, run: dict[str, Any], started: float) -> int:
+                 metadata: dict[str, Any], out: Path, run: dict[str, Any], started: float, saved_epoch: int) -> int:
     probs = _scores(model, x_test, max(settings["batch_size"], 256))
+    with np.errstate(invalid="ignore"):
+        loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(y_test)), y_test], 1e-300))))
+    if not (math.isfinite(loss) and np.isfinite(probs).all()):
+        exc = TrainingDivergedError(f"the model's outputs on the test images are NaN/inf (test loss {loss}); "
+                                    f"no {MODEL_FILE} is written from these weights.")
+        return _diverged(exc, out, model.history, run, started, saved_epoch)
     cm = metrics.confusion_matrix(y_test, probs.argmax(axis=1), len(data.classes))
     accuracy = metrics.accuracy(cm)
-    loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(y_test)), y_test], 1e-300))))
     test = {"accuracy": accuracy, "loss": loss, "images": len(y_test)}
     save(model, out / MODEL_FILE, metadata={**metadata, "epoch": model.history.epochs[-1], "test": test})
     _write_confusion(cm, data.classes, out, f"test confusion matrix ({len(y_test)} images)")
@@ -432,7 +443,7 @@ def _finish(out: Path, history: History, run: dict[str, Any], status: str, start
     _write_history(history, out)
     run.update(status=status, epochs_completed=history.epochs[-1] if len(history) else 0,
                finished=datetime.now().isoformat(timespec="seconds"), seconds=round(time.time() - started, 2))
-    _write_json(out / "run.json", run)
+    write_json(out / "run.json", run)
 
 
 # --------------------------------------------------------------------------- evaluate / predict / info / devices
@@ -463,7 +474,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         _write_confusion(cm, data.classes, out, f"confusion matrix ({len(y)} images)")
     if args.json:
-        print(json.dumps({"model": args.model, "data": data.source, "images": len(y), "accuracy": metrics.accuracy(cm),
+        print(json_text({"model": args.model, "data": data.source, "images": len(y), "accuracy": metrics.accuracy(cm),
                           "classes": data.classes, "precision": precision.tolist(), "recall": recall.tolist(),
                           "support": support.tolist(), "confusion_matrix": cm.tolist()}, indent=1))
         return 0
@@ -491,7 +502,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                 for j in row]}
                for image, p, row in zip(args.images, probs, top)]
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(json_text(results, indent=1))
         return 0
     width = max(len(image) for image in args.images)
     for result in results:
@@ -504,7 +515,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     _require_model_file(args.model)
     model, optimizer, meta = load_checkpoint(args.model, "cpu")
     if args.json:
-        print(json.dumps({"file": args.model, "architecture": model.config(), "parameters": model.count_params(),
+        print(json_text({"file": args.model, "architecture": model.config(), "parameters": model.count_params(),
                           "input_shape": model.input_shape, "loss": model.loss.describe() if model.loss else None,
                           "optimizer": None if optimizer is None else {"type": type(optimizer).__name__,
                                                                        "config": optimizer.config()},
@@ -567,7 +578,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     except backend.DeviceError as exc:
         auto, reason = "cpu", str(exc).split(". ")[0]
     if args.json:
-        print(json.dumps({"versions": versions, "devices": backend.devices(), "gpus": gpus, "auto": auto,
+        print(json_text({"versions": versions, "devices": backend.devices(), "gpus": gpus, "auto": auto,
                           "auto_reason": reason}, indent=1))
         return 0
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))

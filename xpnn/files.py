@@ -1,16 +1,20 @@
-"""Atomic file writes: write a temporary file beside the target, then rename it over the target.
+"""Atomic file writes and strict JSON: what xpnn writes is either whole or absent, and parseable.
 
-A crash or a full disk mid-write leaves the old file (or none), never half a file.
+A crash or a full disk mid-write leaves the old file (or none), never half a file. JSON text
+never holds the bare ``NaN``/``Infinity`` tokens Python's ``json`` emits by default (they are
+not JSON): non-finite numbers are written as ``null``.
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "json_text", "write_json", "json_safe"]
 
 
 def _umask() -> int:
@@ -38,3 +42,25 @@ def atomic_write(path: "str | os.PathLike[str]", mode: str = "wb") -> Iterator[I
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def json_safe(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, inf) replaced by ``None``; containers copied."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
+def json_text(data: Any, indent: int | None = 1) -> str:
+    """Strict JSON for ``data``: non-finite floats become ``null`` (see :func:`json_safe`)."""
+    return json.dumps(json_safe(data), indent=indent, allow_nan=False)
+
+
+def write_json(path: "str | os.PathLike[str]", data: Any) -> None:
+    """Write ``data`` as strict JSON (plus a newline) to ``path`` atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(json_text(data) + "\n")

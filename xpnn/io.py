@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__, backend
 from .errors import ModelFileError
-from .files import atomic_write
+from .files import atomic_write, json_text
 from .losses import get_loss
 from .model import Sequential
 
@@ -53,9 +53,21 @@ def _join_arrays(tree: Any, arrays: Any) -> Any:
     return tree
 
 
+def _refuse_nonfinite(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Raise ValueError if a weight or optimizer array holds NaN/inf: such a file is never written."""
+    bad = [name for name, a in arrays.items() if name.startswith(("model/", "optim/"))
+           and a.dtype.kind in "fc" and not np.isfinite(a).all()]
+    if bad:
+        raise ValueError(f"not saving {path}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} hold NaN/inf "
+                         f"values; a model file is only written from finite weights")
+
+
 def save(model: Sequential, path: "str | os.PathLike[str]", *, optimizer: Any = None,
          metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (and optionally its optimizer's state) to ``path`` atomically; returns the path.
+
+    Weights or optimizer state holding NaN/inf raise ValueError and write nothing, so a file
+    on disk always holds finite weights.
 
     ``metadata`` is any JSON-able dict (training settings, epoch, metrics); it comes back in
     ``model.metadata`` after :func:`load`.
@@ -74,7 +86,8 @@ def save(model: Sequential, path: "str | os.PathLike[str]", *, optimizer: Any = 
     if optimizer is not None:
         header["optimizer"] = {"type": type(optimizer).__name__, "config": optimizer.config(),
                                "state": _split_arrays(optimizer.state_dict(), "optim", arrays)}
-    arrays[_HEADER] = np.array(json.dumps(header))
+    _refuse_nonfinite(path, arrays)
+    arrays[_HEADER] = np.array(json_text(header, indent=None))
     with atomic_write(path) as f:
         np.savez(f, **arrays)
     return path

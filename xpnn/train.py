@@ -7,7 +7,6 @@ for NaN/inf, naming the first bad batch.
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -19,6 +18,7 @@ from array_api_compat import array_namespace
 from . import backend, distributed
 from .data.loader import DataLoader
 from .errors import TrainingDivergedError
+from .files import atomic_write, write_json
 from .losses import Loss, get_loss
 from .validation import check_inputs, check_lengths, check_targets
 
@@ -55,20 +55,22 @@ class History:
     def from_dict(cls, data: dict[str, Any]) -> "History":
         history = cls()
         history.epochs = [int(e) for e in data.get("epoch", [])]
-        history.history = {k: [float(v) for v in vals] for k, vals in data.items() if k != "epoch"}
+        history.history = {k: [math.nan if v is None else float(v) for v in vals]
+                           for k, vals in data.items() if k != "epoch"}
         return history
 
     def to_json(self, path: str) -> None:
+        """Write the history as strict JSON (a NaN becomes ``null``), atomically."""
         if not distributed.is_main():
             return
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
+        write_json(path, self.to_dict())
 
     def to_csv(self, path: str) -> None:
+        """Write one row per epoch, atomically."""
         if not distributed.is_main():
             return
         keys = list(self.history)
-        with open(path, "w") as f:
+        with atomic_write(path, "w") as f:
             f.write(",".join(["epoch", *keys]) + "\n")
             for row, epoch in enumerate(self.epochs):
                 f.write(",".join([str(epoch)] + [repr(self.history[k][row]) for k in keys]) + "\n")
@@ -204,6 +206,32 @@ def _prepare(model: Any, x: Any, y: Any, loss: Loss, names: tuple[str, str]) -> 
     return x_host, y_host
 
 
+_DIVERGED_ADVICE = ("Lower the learning rate, check the inputs are scaled, or use a loss with from_logits=True. "
+                    "Checkpoints already written are intact.")
+
+
+def _check_finite_weights(params: Sequence[Any], epoch: int) -> None:
+    """Raise :class:`TrainingDivergedError` if any parameter holds NaN, inf, or a value so large
+    (beyond the square root of the dtype's maximum) that multiplying two such values overflows.
+
+    The loss of a batch is computed before its update, so the update after an epoch's last
+    batch can make the weights non-finite unseen by the loss check, and a network whose weights
+    exploded but whose ReLUs all died still reports a finite loss. This runs before the epoch's
+    callbacks (checkpoints) see the weights; it reads one small array from the device.
+    """
+    if not params:
+        return
+    xp = array_namespace(params[0].value)
+    limit = math.sqrt(float(np.finfo(backend.dtype_name(params[0].value.dtype)).max))
+    flags = xp.stack([xp.all(xp.abs(p.value) <= limit) for p in params])  # False for NaN too
+    bad = np.flatnonzero(~backend.to_numpy(flags))
+    if bad.size:
+        names = ", ".join(params[i].name or f"#{i}" for i in bad[:3])
+        raise TrainingDivergedError(
+            f"the weights became NaN/inf or exploded (|w| > {limit:.2g}) in epoch {epoch + 1} ({bad.size} of "
+            f"{len(params)} parameters, e.g. {names}); training stopped. {_DIVERGED_ADVICE}")
+
+
 class _Meter:
     """Device-side sums of loss and correct predictions, read back only on :meth:`sync`.
 
@@ -246,8 +274,7 @@ class _Meter:
                 of = f" of {batches_per_epoch}" if batches_per_epoch else ""
                 raise TrainingDivergedError(
                     f"the loss became {losses[bad[0]]} at epoch {self.epoch + 1}, batch {batch}{of}; training "
-                    f"stopped. Lower the learning rate, check the inputs are scaled, or use a loss with "
-                    f"from_logits=True. Checkpoints already written are intact.")
+                    f"stopped. {_DIVERGED_ADVICE}")
             self.synced_batches += len(self.pending)
             self.pending.clear()
         loss_sum, correct, samples = self.loss_sum, self.correct, self.samples
@@ -356,11 +383,16 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
                 bar.close()
         if strategy is not None:
             strategy.end_epoch(model)
+        _check_finite_weights(params, epoch)
         if val is not None:
             run = evaluate if strategy is None else strategy.evaluate
             val_logs = {f"val_{k}": v for k, v in
                         run(model, *val, loss=loss, batch_size=max(batch_size, 256), scale=scale).items()}
             logs.update(val_logs)
+            if not math.isfinite(val_logs["val_loss"]):
+                raise TrainingDivergedError(
+                    f"the validation loss became {val_logs['val_loss']} at the end of epoch {epoch + 1}; training "
+                    f"stopped. {_DIVERGED_ADVICE}")
             if bar is not None:
                 bar.write(f"epoch {epoch + 1}/{epochs} validation: {_format(val_logs)}", file=sys.stderr)
         logs["seconds"] = seconds

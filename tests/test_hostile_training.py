@@ -1,0 +1,101 @@
+"""Failing runs and hostile inputs: what a run writes must be trustworthy, whatever goes wrong.
+
+Divergence that the per-batch loss check cannot see, strict JSON, inputs that only look
+numeric, problems found before training rather than after it, outputs never overwritten or
+half-written, and Ctrl-C at any point. The CLI runs in this process (``cli.main``) on a few
+hundred sample images, so each case takes about a second.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xpnn
+from xpnn import cli
+from xpnn.errors import TrainingDivergedError
+
+
+def strict_json(path: Path) -> object:
+    """Parse ``path`` refusing the bare NaN/Infinity tokens that are not JSON."""
+    def refuse(token: str) -> None:
+        raise AssertionError(f"{path} holds the non-JSON token {token}")
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
+def run_cli(capsys, *args: object) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def all_finite(path: Path) -> bool:
+    with np.load(path, allow_pickle=False) as f:
+        return all(np.isfinite(f[k]).all() for k in f.files if k.startswith(("model/", "optim/")))
+
+
+# --------------------------------------------------------------------------- 1. divergence
+
+
+@pytest.mark.parametrize("lr, epochs", [(1.9, 1), (1.9, 5), (2.3, 5)])
+def test_diverging_run_exits_1_and_keeps_only_finite_files(capsys, tmp_path, lr, epochs):
+    """The issue's cases: NaN (1.9) and exploded (2.3) weights after an epoch's last update."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--model", "mlp", "--limit", "1000", "--optimizer", "sgd", "--lr", lr,
+                           "--seed", 3, "--epochs", epochs, "--out", out, "--quiet", "--device", "cpu")
+    assert code == 1, err
+    assert "xpnn: error: the weights became NaN/inf or exploded" in err
+    run = strict_json(out / "run.json")
+    assert run["status"] == "diverged"
+    strict_json(out / "history.json")
+    assert not (out / "model.npz").exists()
+    assert all_finite(out / "checkpoint.npz")
+
+
+def test_update_after_the_last_batch_is_checked_before_callbacks_see_it(tmp_path):
+    """Full batch: the loss is finite, the one update makes the weights explode; no checkpoint."""
+    xpnn.seed(0)
+    model = xpnn.mlp([4, 3])
+    x = np.ones((8, 4), dtype=np.float32)
+    y = np.zeros(8, dtype=np.int64)
+    checkpoint = xpnn.ModelCheckpoint(tmp_path / "ckpt.npz")
+    with pytest.raises(TrainingDivergedError, match="epoch 1"):
+        model.fit(x, y, optimizer=xpnn.optim.SGD(lr=1e30), batch_size=None, verbose=0, callbacks=[checkpoint])
+    assert not (tmp_path / "ckpt.npz").exists()
+
+
+def test_non_finite_validation_loss_stops_training(tmp_path):
+    xpnn.seed(0)
+    model = xpnn.mlp([2, 1])
+    x = np.ones((8, 2), dtype=np.float32)
+    y = np.ones((8, 1), dtype=np.float32)
+    x_val = np.full((4, 2), 1e30, dtype=np.float32)
+    with pytest.raises(TrainingDivergedError, match="validation loss became inf"):
+        model.fit(x, y, loss="mse", validation_data=(x_val, y[:4]), verbose=0)
+
+
+def test_save_refuses_non_finite_weights(tmp_path):
+    model = xpnn.mlp([3, 2])
+    model.parameters()[0].value[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN/inf"):
+        xpnn.save(model, tmp_path / "m.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_json_written_by_xpnn_is_strict(tmp_path):
+    history = xpnn.History()
+    history.append(1, {"loss": math.nan, "val_loss": math.inf})
+    history.append(2, {"loss": 0.5})
+    history.to_json(str(tmp_path / "h.json"))
+    assert strict_json(tmp_path / "h.json") == {"epoch": [1, 2], "loss": [None, 0.5], "val_loss": [None, None]}
+    back = xpnn.History.from_dict(strict_json(tmp_path / "h.json"))
+    assert math.isnan(back["loss"][0]) and back["loss"][1] == 0.5
+    model = xpnn.mlp([3, 2])
+    xpnn.save(model, tmp_path / "m.npz", metadata={"logs": {"val_loss": math.nan}})
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as f:
+        header = str(f["__xpnn__"])
+    json.loads(header, parse_constant=lambda t: pytest.fail(f"bare {t} in the model header"))
+    assert xpnn.load(tmp_path / "m.npz").metadata == {"logs": {"val_loss": None}}

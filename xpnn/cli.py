@@ -176,6 +176,83 @@ def _cupy_distribution() -> str:
     return names[0] if names else "cupy"
 
 
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: what each training setting must be when read back from a checkpoint
+_SETTING_CHECKS: dict[str, tuple[str, Any]] = {
+    "data": ("a data set name or folder", lambda v: isinstance(v, str) and v != ""),
+    "model": (f"one of {', '.join(zoo.MODELS)}", lambda v: v in zoo.MODELS),
+    "image_size": ("null or a positive integer", lambda v: v is None or _is_int(v, 1)),
+    "color": ("null, 'rgb' or 'gray'", lambda v: v in (None, "rgb", "gray")),
+    "epochs": ("a positive integer", lambda v: _is_int(v, 1)),
+    "batch_size": ("a positive integer", lambda v: _is_int(v, 1)),
+    "optimizer": ("an optimizer name", lambda v: v in ("sgd", "momentum", "adam", "adamw", "rmsprop")),
+    "lr": ("null or a positive number", lambda v: v is None or (_is_number(v) and 0 < v < math.inf)),
+    "seed": ("an integer", lambda v: _is_int(v, -2**63)),
+    "augment": ("true or false", lambda v: isinstance(v, bool)),
+    "val_split": ("a fraction in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1),
+    "limit": ("null or a positive integer", lambda v: v is None or _is_int(v, 1)),
+}
+
+
+def _check_metadata(path: "str | Path", model: Any, checkpoint: bool = False) -> dict[str, Any]:
+    """The metadata ``xpnn train`` writes, checked field by field (a file is untrusted input);
+    ``checkpoint=True`` also requires what resuming needs. Returns it; raises CLIError naming the file."""
+    meta = getattr(model, "metadata", None) or {}
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise CLIError(f"{path}: the model file's metadata is damaged: {what}")
+
+    need(isinstance(meta, dict), "it is not an object")
+    if "input" in meta:
+        spec = meta["input"]
+        need(isinstance(spec, dict) and isinstance(spec.get("size"), list) and len(spec["size"]) == 2
+             and all(_is_int(n, 1) for n in spec["size"]) and spec.get("color") in ("rgb", "gray"),
+             f"input must give size [height, width] and color 'rgb' or 'gray', got {json_text(spec, None)[:80]}")
+        from .data.images import image_size
+        try:
+            image_size(spec["size"])
+        except ValueError as exc:
+            need(False, f"input: {exc}")
+        channels = 3 if spec["color"] == "rgb" else 1
+        expected = (channels, *spec["size"])
+        need(model.input_shape is None or tuple(model.input_shape) == expected,
+             f"input says {spec['color']} {spec['size'][0]}x{spec['size'][1]} images, the model takes "
+             f"{tuple(model.input_shape or ())}")
+    if "classes" in meta:
+        need(isinstance(meta["classes"], list) and all(isinstance(c, str) for c in meta["classes"])
+             and len(meta["classes"]) >= 2, "classes must be a list of at least two names")
+    for key, kind, what in (("settings", dict, "an object"), ("data", dict, "an object"), ("test", dict, "an object"),
+                            ("versions", dict, "an object"), ("history", dict, "an object"),
+                            ("rng_state", dict, "an object"), ("interrupted", bool, "true or false"),
+                            ("model", str, "a string")):
+        need(key not in meta or isinstance(meta[key], kind), f"{key} must be {what}")
+    need("epoch" not in meta or _is_int(meta["epoch"]), "epoch must be a non-negative integer")
+    data = meta.get("data") or {}
+    need(all(_is_int(data.get(k, 0)) for k in ("train", "validation", "test"))
+         and isinstance(data.get("source", ""), str), "data must give its source and image counts")
+    test = meta.get("test") or {}
+    need(_is_number(test.get("accuracy", 0)) and _is_int(test.get("images", 0)),
+         "test must give an accuracy and an image count")
+    if checkpoint:
+        for key in ("epoch", "rng_state", "settings", "history"):
+            need(key in meta, f"{key} is missing, so the run cannot be resumed")
+        for key, (what, ok) in _SETTING_CHECKS.items():
+            need(key in meta["settings"] and ok(meta["settings"][key]), f"settings.{key} must be {what}")
+    elif "settings" in meta:
+        settings = meta["settings"]
+        need(all(ok(settings[key]) for key, (_, ok) in _SETTING_CHECKS.items() if key in settings),
+             "settings hold values of the wrong type")
+    return meta
+
+
 def _input_spec(model: Any) -> dict[str, Any]:
     """How images must be loaded for ``model``: from its metadata, else guessed from its input shape."""
     meta = getattr(model, "metadata", None) or {}
@@ -204,7 +281,9 @@ def _require_model_file(path: str) -> None:
 
 def _load_model(path: str, device: Any = None) -> Any:
     _require_model_file(path)
-    return load(path, device)
+    model = load(path, device)
+    _check_metadata(path, model)
+    return model
 
 
 def _scores(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -320,7 +399,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = _output_folder(args)
     device, note = _select_device(args.device)
     if args.resume:
-        model, optimizer, meta = load_checkpoint(out / CHECKPOINT_FILE, device)
+        model, optimizer, _ = load_checkpoint(out / CHECKPOINT_FILE, device)
+        meta = _check_metadata(out / CHECKPOINT_FILE, model, checkpoint=True)
         settings = _settings(args, meta.get("settings"))
         initial_epoch = int(meta["epoch"])
         if initial_epoch >= settings["epochs"]:
@@ -332,8 +412,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     data, (x_train, y_train), validation, (x_test, y_test) = _training_data(settings)
     if args.resume:
         _check_fits(model, data, x_train)
-        backend.set_rng_state(meta["rng_state"])
-        model.history = History.from_dict(meta.get("history", {}))
+        try:
+            backend.set_rng_state(meta["rng_state"])
+            model.history = History.from_dict(meta["history"])
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CLIError(f"{out / CHECKPOINT_FILE}: the saved random-generator state or history is damaged "
+                           f"({type(exc).__name__}: {exc})") from exc
     else:
         from .optim import get_optimizer
         model = zoo.build(settings["model"], x_train.shape[1:], len(data.classes))
@@ -430,7 +514,16 @@ def _write_confusion(cm: np.ndarray, classes: Sequence[str], out: Path, title: s
 def _run_record(out: Path, args: argparse.Namespace, settings: dict[str, Any], metadata: dict[str, Any],
                 device: backend.Device, started: float) -> dict[str, Any]:
     path = out / "run.json"
-    previous = json.loads(path.read_text()) if args.resume and path.is_file() else {}
+    previous: Any = {}
+    if args.resume and path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except (ValueError, RecursionError) as exc:
+            raise CLIError(f"{path} is not valid JSON ({type(exc).__name__}: {str(exc)[:120]}); move it aside "
+                           f"to resume (a new one is written)") from exc
+        if not isinstance(previous, dict) or not isinstance(previous.get("commands", []), list):
+            raise CLIError(f"{path} is not a run record (expected an object with a list of commands); move it "
+                           f"aside to resume (a new one is written)")
     command = shlex.join(["xpnn", *args.argv])
     return {"command": command, "commands": [*previous.get("commands", []), command], "argv": sys.argv,
             "cwd": os.getcwd(), "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
@@ -513,7 +606,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     _require_model_file(args.model)
-    model, optimizer, meta = load_checkpoint(args.model, "cpu")
+    model, optimizer, _ = load_checkpoint(args.model, "cpu")
+    meta = _check_metadata(args.model, model)
     if args.json:
         print(json_text({"file": args.model, "architecture": model.config(), "parameters": model.count_params(),
                           "input_shape": model.input_shape, "loss": model.loss.describe() if model.loss else None,

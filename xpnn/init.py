@@ -3,17 +3,23 @@
 Drawing on the host means one seed gives the same initial model on NumPy, CuPy or any other
 backend. ``fan_in``/``fan_out`` count the inputs/outputs of one unit (for a convolution,
 channels times kernel area).
+
+Under :func:`placeholders` (what loading a model file uses) initializers draw nothing: they
+return zeros that the file's weights replace, and refuse to allocate more than a byte budget,
+so a small file declaring a huge layer is refused before the memory is taken.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from . import backend
 
-__all__ = ["INITIALIZERS", "initialize"]
+__all__ = ["INITIALIZERS", "initialize", "placeholders"]
 
 
 def _he(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int) -> np.ndarray:
@@ -54,6 +60,43 @@ INITIALIZERS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
+class _Budget(threading.local):
+    remaining: int | None = None
+
+
+_budget = _Budget()
+
+
+@contextlib.contextmanager
+def placeholders(max_bytes: int) -> Iterator[None]:
+    """Within this block :func:`initialize` draws nothing: it returns zeros (weights a file will
+    replace), and raises ValueError before allocating once the arrays asked for would exceed
+    ``max_bytes`` in total. Nothing is drawn from the generator, so its state is unchanged, and
+    ``init`` is not looked up, so a model built with a custom initializer function (saved as
+    ``"custom"``) loads."""
+    previous, _budget.remaining = _budget.remaining, int(max_bytes)
+    try:
+        yield
+    finally:
+        _budget.remaining = previous
+
+
+def _placeholder(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    count = 1
+    for n in shape:
+        count *= int(n)
+    kind = np.dtype(dtype)
+    if kind.kind != "f":
+        raise ValueError(f"weights must have a floating-point dtype, got {dtype!r}")
+    need = count * kind.itemsize
+    remaining = _budget.remaining
+    if need > remaining:
+        raise ValueError(f"the architecture declares arrays larger than the weights stored for them "
+                         f"({need:,} bytes asked for with {remaining:,} bytes of stored weights left)")
+    _budget.remaining = remaining - need
+    return np.zeros(shape, dtype=dtype)
+
+
 def initialize(init: "str | Callable[..., np.ndarray]", shape: tuple[int, ...], fan_in: int, fan_out: int,
                dtype: str = "float32", device: "backend.Device | str | None" = None) -> Any:
     """A new array of ``shape`` drawn by initializer ``init`` on the active (or given) device.
@@ -61,6 +104,8 @@ def initialize(init: "str | Callable[..., np.ndarray]", shape: tuple[int, ...], 
     ``init`` is a name from :data:`INITIALIZERS` or a callable ``f(rng, shape, fan_in, fan_out)``
     returning a NumPy array.
     """
+    if _budget.remaining is not None:
+        return backend.to_device(_placeholder(tuple(shape), dtype), device)
     if isinstance(init, str):
         try:
             draw = INITIALIZERS[init]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from . import __version__, backend
 from .errors import ModelFileError
+from .init import placeholders
 from .files import atomic_write, json_text
 from .losses import get_loss
 from .model import Sequential
@@ -41,16 +43,6 @@ def _split_arrays(tree: Any, prefix: str, arrays: dict[str, np.ndarray]) -> Any:
         return tree
     arrays[prefix] = np.asarray(backend.to_numpy(tree))
     return {"__array__": prefix}
-
-
-def _join_arrays(tree: Any, arrays: Any) -> Any:
-    if isinstance(tree, dict):
-        if set(tree) == {"__array__"}:
-            return np.array(arrays[tree["__array__"]])
-        return {k: _join_arrays(v, arrays) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_join_arrays(v, arrays) for v in tree]
-    return tree
 
 
 def _refuse_nonfinite(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -93,29 +85,195 @@ def save(model: Sequential, path: "str | os.PathLike[str]", *, optimizer: Any = 
     return path
 
 
-def _read(path: "str | os.PathLike[str]") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ModelFileError(f"{path} is not a readable xpnn model file ({type(exc).__name__}: {exc})") from exc
-    if _HEADER not in arrays:
-        raise ModelFileError(f"{path} is an .npz file but not an xpnn model (it has no {_HEADER} header)")
-    try:
-        header = json.loads(str(arrays.pop(_HEADER)))
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{path}: the model header is corrupt ({exc})") from exc
-    if header.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: unknown format {header.get('format')!r}, expected {FORMAT!r}")
-    version = header.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ModelFileError(f"{path} was written by a newer xpnn (file format {version}, xpnn "
+_MAX_HEADER_BYTES = 64 * 2**20
+_MAX_DEPTH = 100
+#: the most a deflate stream can expand (zlib's documented bound is 1032:1), plus room for headers
+_DEFLATE_MAX_RATIO = 1032
+_ZIP_SLACK = 4096
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError, RuntimeError,
+                NotImplementedError)
+
+
+class _Archive:
+    """An open model file: its checked JSON header, and its arrays read one at a time on demand.
+
+    Before an array's data is read, its ``.npy`` header (dtype, shape) is checked against the
+    bytes the zip member really holds (and the member's size against what its compressed bytes
+    can expand to), so no size a file declares is allocated on trust, and members nobody asks
+    for are never read. Every problem raises :class:`ModelFileError` naming the file.
+    """
+
+    def __init__(self, path: "str | os.PathLike[str]") -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"model file {str(self.path)!r} does not exist")
+        try:
+            self.zip = zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise ModelFileError(f"{self.path} is not a readable xpnn model file ({type(exc).__name__}: {exc})"
+                                 ) from exc
+        self.members = {info.filename[:-len(".npy")]: info for info in self.zip.infolist()
+                        if info.filename.endswith(".npy")}
+        try:
+            if _HEADER not in self.members:
+                raise self.error(f"is an .npz file but not an xpnn model (it has no {_HEADER} header)")
+            self.header = self._parse_header(self.read(_HEADER, max_bytes=_MAX_HEADER_BYTES))
+        except BaseException:
+            self.close()
+            raise
+
+    def error(self, text: str) -> ModelFileError:
+        return ModelFileError(f"{self.path}: {text}" if not text.startswith("is ") else f"{self.path} {text}")
+
+    def close(self) -> None:
+        self.zip.close()
+
+    def __enter__(self) -> "_Archive":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- arrays
+
+    def declared(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """``(shape, dtype)`` of member ``name`` from its .npy header, checked against its real size."""
+        info = self.members.get(name)
+        if info is None:
+            raise self.error(f"the array {name!r} is missing from the file")
+        if info.compress_type == zipfile.ZIP_STORED:
+            plausible = info.file_size == info.compress_size
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            plausible = info.file_size <= info.compress_size * _DEFLATE_MAX_RATIO + _ZIP_SLACK
+        else:
+            raise self.error(f"the array {name!r} uses zip compression method {info.compress_type}; xpnn reads "
+                             f"stored or deflated members only")
+        if not plausible:
+            raise self.error(f"the array {name!r} claims {info.file_size:,} bytes, more than its "
+                             f"{info.compress_size:,} stored bytes can hold; the file is damaged")
+        try:
+            with self.zip.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f".npy format version {version} is not supported")
+                offset = f.tell()
+        except _READ_ERRORS as exc:
+            raise self.error(f"the array {name!r} is damaged ({type(exc).__name__}: {exc})") from exc
+        if dtype.hasobject:
+            raise self.error(f"the array {name!r} holds Python objects ({dtype}); xpnn never unpickles files")
+        count = 1
+        for n in shape:
+            count *= int(n)
+        if count * dtype.itemsize != info.file_size - offset:
+            raise self.error(f"the array {name!r} declares shape {tuple(shape)} {dtype} = {count * dtype.itemsize:,} "
+                             f"bytes but holds {info.file_size - offset:,} bytes; the file is damaged")
+        return tuple(shape), dtype
+
+    def read(self, name: str, max_bytes: int | None = None) -> np.ndarray:
+        """Member ``name`` as a NumPy array, after :meth:`declared` has checked its size."""
+        shape, dtype = self.declared(name)
+        size = dtype.itemsize * int(np.prod(shape, dtype=object))
+        if max_bytes is not None and size > max_bytes:
+            raise self.error(f"the array {name!r} is {size:,} bytes, more than the {max_bytes:,} allowed for it")
+        try:
+            with self.zip.open(self.members[name]) as f:
+                array = np.lib.format.read_array(f, allow_pickle=False)
+                if f.read(1):  # reaching the end is also what makes zipfile check the CRC
+                    raise ValueError("more data than the array header declares")
+            return array
+        except _READ_ERRORS as exc:
+            raise self.error(f"the array {name!r} is damaged ({type(exc).__name__}: {exc})") from exc
+
+    def weight_bytes(self) -> int:
+        """Bytes stored for the model's weights: the most rebuilding its architecture may allocate."""
+        return sum(info.file_size for name, info in self.members.items() if name.startswith("model/"))
+
+    def weights(self, model: Sequential) -> dict[str, np.ndarray]:
+        """The arrays ``model``'s state names, each checked against the model's shape before reading."""
+        expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+        stored = {name[len("model/"):] for name in self.members if name.startswith("model/")}
+        missing, extra = sorted(set(expected) - stored), sorted(stored - set(expected))
+        if missing or extra:
+            raise self.error(f"weights do not match the architecture: missing {missing}, unexpected {extra}")
+        for key, shape in expected.items():
+            declared, dtype = self.declared(f"model/{key}")
+            if declared != shape or dtype.kind not in "fiu":
+                raise self.error(f"weights do not match the architecture: {key} is {declared} {dtype} in the file, "
+                                 f"the architecture needs {shape}")
+        return {key: self.read(f"model/{key}") for key in expected}
+
+    def join(self, tree: Any) -> Any:
+        """``tree`` with each ``{"__array__": name}`` reference replaced by that array."""
+        if isinstance(tree, dict):
+            if set(tree) == {"__array__"}:
+                if not isinstance(tree["__array__"], str):
+                    raise self.error(f"an array reference must be a member name, got {tree['__array__']!r}")
+                return self.read(tree["__array__"])
+            return {k: self.join(v) for k, v in tree.items()}
+        if isinstance(tree, list):
+            return [self.join(v) for v in tree]
+        return tree
+
+    # ---------------------------------------------------------------- header
+
+    def _parse_header(self, raw: np.ndarray) -> dict[str, Any]:
+        if raw.dtype.kind != "U" or raw.shape != ():
+            raise self.error(f"the model header must be one string, got a {raw.dtype} array of shape {raw.shape}")
+        try:
+            header = json.loads(str(raw))
+        except (ValueError, RecursionError) as exc:
+            raise self.error(f"the model header is corrupt ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        if _depth(header) > _MAX_DEPTH:
+            raise self.error(f"the model header is nested more than {_MAX_DEPTH} levels deep; the file is damaged")
+        if not isinstance(header, dict):
+            raise self.error(f"the model header must be a JSON object, got {type(header).__name__}")
+        if header.get("format") != FORMAT:
+            raise self.error(f"unknown format {header.get('format')!r}, expected {FORMAT!r}")
+        version = header.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise self.error(f"the header's format_version must be a positive integer, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise self.error(f"was written by a newer xpnn (file format {version}, xpnn "
                              f"{header.get('xpnn_version')}); this xpnn {__version__} reads format "
                              f"{FORMAT_VERSION}: upgrade with pip install -U xpnn")
-    return header, arrays
+        self._check_types(header)
+        return header
+
+    def _check_types(self, header: dict[str, Any]) -> None:
+        """Each header field has the JSON type xpnn writes, so later code never trips over it."""
+        def need(ok: bool, what: str, expected: str, value: Any) -> None:
+            if not ok:
+                raise self.error(f"the header's {what} must be {expected}, got {json_text(value, indent=None)[:80]}")
+
+        need(isinstance(header.get("architecture"), dict), "architecture", "an object", header.get("architecture"))
+        shape = header.get("input_shape")
+        need(shape is None or (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                                                 and d > 0 for d in shape)),
+             "input_shape", "null or a list of positive integers", shape)
+        need(isinstance(header.get("metadata", {}), dict), "metadata", "an object", header.get("metadata"))
+        for key, parts in (("loss", ("type", "config")), ("optimizer", ("type", "config", "state"))):
+            spec = header.get(key)
+            need(spec is None or (isinstance(spec, dict) and isinstance(spec.get("type"), str)
+                                  and isinstance(spec.get("config"), dict)
+                                  and ("state" not in parts or isinstance(spec.get("state"), dict))),
+                 key, f"null or an object with {', '.join(parts)}", spec)
+
+
+def _depth(tree: Any) -> int:
+    """How deeply lists and objects nest in parsed JSON (iteratively: a hostile file cannot recurse)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, level)
+            if level > _MAX_DEPTH:
+                break
+            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def _architecture_differences(saved: dict[str, Any], model: Sequential) -> list[str]:
@@ -131,51 +289,90 @@ def _architecture_differences(saved: dict[str, Any], model: Sequential) -> list[
     return diffs
 
 
+def _rebuild(archive: _Archive, device: "backend.Device | str | None") -> Sequential:
+    """The file's architecture on ``device``, its weights allocated as zeros (nothing drawn), and
+    no more than the file stores for them: a small file declaring a huge layer is refused here."""
+    target = backend.resolve(device)
+    try:
+        with backend.use_device(target), backend.preserved_rng(), placeholders(archive.weight_bytes()):
+            return Sequential.from_config(archive.header["architecture"])
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as exc:
+        raise archive.error(f"cannot rebuild the architecture: {exc}") from exc
+
+
+def _load(archive: _Archive, device: "backend.Device | str | None", model: Sequential | None) -> Sequential:
+    header = archive.header
+    if model is None:
+        model = _rebuild(archive, device)
+    else:
+        try:
+            diffs = _architecture_differences(header["architecture"], model)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise archive.error(f"the architecture in the header is malformed ({type(exc).__name__}: {exc})") from exc
+        if diffs:
+            raise ModelFileError(f"{archive.path} does not match the model: " + "; ".join(diffs))
+        if device is not None:
+            model.to(device)
+    weights = archive.weights(model)
+    try:
+        model.load_state_dict(weights)
+        if header.get("input_shape"):
+            model.build(header["input_shape"])
+    except ValueError as exc:
+        raise archive.error(f"weights do not match the architecture: {exc}") from exc
+    if header.get("loss"):
+        try:
+            model.loss = get_loss(header["loss"]["type"], **header["loss"]["config"])
+        except (ValueError, TypeError) as exc:
+            raise archive.error(f"the saved loss cannot be rebuilt: {exc}") from exc
+    model.metadata = archive.join(header.get("metadata", {}))
+    return model
+
+
 def load(path: "str | os.PathLike[str]", device: "backend.Device | str | None" = None,
          model: Sequential | None = None) -> Sequential:
     """Read a model file onto ``device`` (default: the active device).
 
     With ``model=`` the weights are loaded into that existing model instead, after checking the
-    architectures match; a mismatch raises :class:`ModelFileError` listing what differs.
+    architectures match; a mismatch raises :class:`ModelFileError` listing what differs. A
+    damaged or hostile file raises :class:`ModelFileError` naming it, before any size it
+    declares is allocated and without reading arrays the architecture does not name.
     """
-    header, arrays = _read(path)
-    weights = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
-    if model is None:
-        target = backend.resolve(device)
-        try:
-            with backend.use_device(target), backend.preserved_rng():
-                model = Sequential.from_config(header["architecture"])
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ModelFileError(f"{path}: cannot rebuild the architecture: {exc}") from exc
-    else:
-        diffs = _architecture_differences(header["architecture"], model)
-        if diffs:
-            raise ModelFileError(f"{path} does not match the model: " + "; ".join(diffs))
-        if device is not None:
-            model.to(device)
+    with _Archive(path) as archive:
+        return _load(archive, device, model)
+
+
+def _optimizer(archive: _Archive, model: Sequential) -> Any:
+    """The optimizer saved in the header with its state restored, each state array's declared
+    shape checked against its parameter before it is read."""
+    from .optim import get_optimizer
+
+    spec = archive.header["optimizer"]
     try:
-        model.load_state_dict(weights)
-    except ValueError as exc:
-        raise ModelFileError(f"{path}: weights do not match the architecture: {exc}") from exc
-    if header.get("input_shape"):
-        model.build(header["input_shape"])
-    if header.get("loss"):
-        model.loss = get_loss(header["loss"]["type"], **header["loss"]["config"])
-    model.metadata = _join_arrays(header.get("metadata", {}), arrays)
-    return model
+        optimizer = get_optimizer(spec["type"], **spec["config"])
+    except (ValueError, TypeError) as exc:
+        raise archive.error(f"the saved optimizer cannot be rebuilt: {exc}") from exc
+    shapes = {p.name: p.shape for p in model.parameters()}
+    per_param = spec["state"].get("state")
+    for pname, entries in (per_param.items() if isinstance(per_param, dict) else ()):
+        for key, ref in (entries.items() if isinstance(entries, dict) else ()):
+            if isinstance(ref, dict) and isinstance(ref.get("__array__"), str) and pname in shapes:
+                declared, _ = archive.declared(ref["__array__"])
+                if declared != shapes[pname]:
+                    raise archive.error(f"optimizer state {pname}.{key} has shape {declared}, the parameter "
+                                        f"{shapes[pname]}")
+    try:
+        optimizer.load_state_dict(archive.join(spec["state"]), model.parameters())
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise archive.error(f"the optimizer state does not fit the model: {exc}") from exc
+    return optimizer
 
 
 def load_checkpoint(path: "str | os.PathLike[str]", device: "backend.Device | str | None" = None
                     ) -> tuple[Sequential, Any, dict[str, Any]]:
     """``(model, optimizer or None, metadata)`` from a file written by ``save(..., optimizer=...)``,
     with the optimizer's state (moments, step count) restored for an exact resume."""
-    from .optim import get_optimizer
-
-    model = load(path, device)
-    header, arrays = _read(path)
-    optimizer = None
-    if header.get("optimizer"):
-        spec = header["optimizer"]
-        optimizer = get_optimizer(spec["type"], **spec["config"])
-        optimizer.load_state_dict(_join_arrays(spec["state"], arrays), model.parameters())
+    with _Archive(path) as archive:
+        model = _load(archive, device, None)
+        optimizer = _optimizer(archive, model) if archive.header.get("optimizer") else None
     return model, optimizer, model.metadata

@@ -35,16 +35,58 @@ def _codes() -> str:
     return ", ".join(f"0x{code:02X} ({dtype.name})" for code, dtype in IDX_DTYPES.items())
 
 
-def _read_bytes(path: Path) -> tuple[bytes, bool]:
-    """The file's bytes, gunzipped if they are gzip, and whether they were."""
-    raw = path.read_bytes()
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw, False
-    try:
-        return gzip.decompress(raw), True
-    except (EOFError, OSError, zlib.error) as exc:
-        raise DataError(f"{path}: the gzip stream is corrupt or truncated ({exc}); "
-                        f"the compressed file is {len(raw)} bytes") from exc
+#: the most a deflate stream can expand (zlib's documented bound is 1032:1), plus room for headers
+_DEFLATE_MAX_RATIO = 1032
+_GZIP_SLACK = 4096
+
+
+class _Source:
+    """The bytes of an IDX file read on demand: as is, or gunzipped no further than asked.
+
+    Reading gzip this way bounds decompression by what the IDX header declares, so a small
+    file that expands to gigabytes is refused after the declared size, not after expanding.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.raw = path.read_bytes()
+        self.compressed = self.raw.startswith(_GZIP_MAGIC)
+        self.where = f"{path} (after gunzip)" if self.compressed else str(path)
+        self.offset = 0
+        self.pending = self.raw
+        self.inflater = zlib.decompressobj(wbits=31) if self.compressed else None
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` more bytes (fewer only at the end of the data)."""
+        if not self.compressed:
+            chunk = self.raw[self.offset:self.offset + n]
+            self.offset += len(chunk)
+            return chunk
+        out = bytearray()
+        try:
+            while len(out) < n:
+                if self.inflater.eof:
+                    if not self.inflater.unused_data.strip(b"\0"):
+                        break
+                    self.pending = self.inflater.unused_data  # a further gzip member
+                    self.inflater = zlib.decompressobj(wbits=31)
+                chunk = self.inflater.decompress(self.pending, n - len(out))
+                self.pending = self.inflater.unconsumed_tail
+                out += chunk
+                if not chunk and not self.pending and not self.inflater.eof:
+                    raise EOFError("the compressed stream ends before its end marker")
+        except (EOFError, zlib.error) as exc:
+            raise DataError(f"{self.path}: the gzip stream is corrupt or truncated ({exc}); "
+                            f"the compressed file is {len(self.raw)} bytes") from exc
+        return bytes(out)
+
+    def can_hold(self, size: int) -> bool:
+        """Whether the file could hold ``size`` more bytes of data at all."""
+        return not self.compressed or size <= len(self.raw) * _DEFLATE_MAX_RATIO + _GZIP_SLACK
+
+    def remaining(self) -> int | None:
+        """Bytes left in a raw file (None for gzip, whose length is not known without expanding it)."""
+        return None if self.compressed else len(self.raw) - self.offset
 
 
 def load_idx(path: "str | os.PathLike[str]") -> np.ndarray:
@@ -52,34 +94,46 @@ def load_idx(path: "str | os.PathLike[str]") -> np.ndarray:
 
     Raises :class:`~xpnn.errors.DataError` naming the file and what was expected and found
     when the magic number, type code, dimensions or data length do not agree with each other.
+    A gzip file is decompressed only as far as its header declares (plus one byte to tell a
+    longer file), so memory is bounded by the declared size.
     """
     path = Path(path)
-    data, compressed = _read_bytes(path)
-    where = f"{path} (after gunzip)" if compressed else str(path)
-    if len(data) < 4:
-        raise DataError(f"{where}: {len(data)} bytes is too short for the 4-byte IDX magic number")
-    zero, code, ndim = data[:2], data[2], data[3]
+    source = _Source(path)
+    where = source.where
+    magic = source.read(4)
+    if len(magic) < 4:
+        raise DataError(f"{where}: {len(magic)} bytes is too short for the 4-byte IDX magic number")
+    zero, code, ndim = magic[:2], magic[2], magic[3]
     if zero != b"\x00\x00":
-        raise DataError(f"{where}: bad IDX magic number 0x{data[:4].hex().upper()}: expected two zero bytes, "
+        raise DataError(f"{where}: bad IDX magic number 0x{magic.hex().upper()}: expected two zero bytes, "
                         f"found 0x{zero.hex().upper()}; this is not an IDX file")
     if code not in IDX_DTYPES:
         raise DataError(f"{where}: unknown IDX data type code 0x{code:02X}; expected one of {_codes()}")
     if ndim == 0:
         raise DataError(f"{where}: the header declares 0 dimensions; expected at least 1")
     header = 4 + 4 * ndim
-    if len(data) < header:
+    dims = source.read(4 * ndim)
+    if len(dims) < 4 * ndim:
         raise DataError(f"{where}: the header declares {ndim} dimensions, which needs {header} header bytes, "
-                        f"but the file has only {len(data)} bytes")
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+                        f"but the file has only {4 + len(dims)} bytes")
+    shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
     dtype = IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    found = len(data) - header
+    expected = dtype.itemsize
+    for d in shape:
+        expected *= d  # Python integers: no overflow, however large the dimensions
+    dims_text = "x".join(map(str, shape))
+    if not source.can_hold(expected):
+        raise DataError(f"{where}: the header says {dims_text} {dtype.name} values = {expected:,} bytes, more than "
+                        f"this {len(source.raw):,}-byte file can hold; the file is damaged")
+    left = source.remaining()
+    data = source.read(expected + 1)
+    found = len(data) if left is None else left
     if found != expected:
-        dims = "x".join(map(str, shape))
         what = "truncated" if found < expected else "longer than its header says"
-        raise DataError(f"{where}: data is {what}: the header says {dims} {dtype.name} values = {expected} bytes "
-                        f"after the {header}-byte header, found {found} bytes")
-    values = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+        amount = f"{found} bytes" if left is not None or found <= expected else "more"
+        raise DataError(f"{where}: data is {what}: the header says {dims_text} {dtype.name} values = {expected} "
+                        f"bytes after the {header}-byte header, found {amount}")
+    values = np.frombuffer(data, dtype=dtype).reshape(shape)
     return values.astype(dtype.newbyteorder("="))
 
 

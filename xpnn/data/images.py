@@ -36,7 +36,7 @@ from PIL import Image, ImageOps
 from ..errors import DataError
 from ..files import atomic_write
 
-__all__ = ["ImageFolder", "load_image", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageFolder", "load_image", "image_size", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 RESAMPLE = Image.Resampling.BILINEAR
@@ -48,12 +48,18 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib
                   Image.DecompressionBombError)
 
 
-def _size_hw(size: "int | Sequence[int] | None") -> tuple[int, int] | None:
+def image_size(size: "int | Sequence[int] | None") -> tuple[int, int] | None:
+    """``size`` as ``(height, width)`` (None stays None), checked: positive, and no larger than
+    Pillow's decompression-bomb limit, so a size read from a file cannot ask for gigabytes."""
     if size is None:
         return None
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in hw):
         raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+    h, w = hw
+    if Image.MAX_IMAGE_PIXELS and h * w > Image.MAX_IMAGE_PIXELS:
+        raise ValueError(f"size {h}x{w} is {h * w:,} pixels, more than Pillow's decompression-bomb limit of "
+                         f"{Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS); no image is resized that large")
     return h, w
 
 
@@ -117,7 +123,7 @@ def load_image(path: "str | os.PathLike[str]", size: "int | Sequence[int] | None
     :class:`~xpnn.errors.DataError` naming it.
     """
     path = Path(path)
-    hw, color = _size_hw(size), _color(color)
+    hw, color = image_size(size), _color(color)
     try:
         return _decode(path, hw, color)
     except _DECODE_ERRORS as exc:
@@ -168,7 +174,7 @@ class ImageFolder:
                  cache: "bool | str | os.PathLike[str]" = False, workers: int | None = None,
                  progress: bool | None = None) -> None:
         self.root = Path(root)
-        hw = _size_hw(size)
+        hw = image_size(size)
         if hw is None:
             raise ValueError("ImageFolder needs a size: images of one batch must have one shape")
         self.size, self.color, self.strict = hw, _color(color), strict

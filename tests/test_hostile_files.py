@@ -1,0 +1,317 @@
+"""A user's file is untrusted input: damaged and hostile model, IDX and image files.
+
+Each case must end in one clear error naming the file (``ModelFileError``/``DataError`` from the
+API, one ``xpnn: error:`` line and exit 2 from the CLI), with memory bounded by what the file
+really holds, never by what it declares. Memory is measured with tracemalloc (NumPy reports
+its allocations to it), so the bombs here are declared, never allocated.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tracemalloc
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import xpnn
+from xpnn import cli
+from xpnn.data.idx import load_idx, save_idx
+from xpnn.data.images import load_image
+from xpnn.errors import DataError, ModelFileError
+
+MIB = 2**20
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A real checkpoint written by `xpnn train` (MLP, Adam state, full metadata)."""
+    out = tmp_path_factory.mktemp("hostile") / "run"
+    assert cli.main(["train", "--model", "mlp", "--limit", "200", "--epochs", "1", "--quiet", "--val-split", "0",
+                     "--out", str(out), "--device", "cpu"]) == 0
+    return out / "checkpoint.npz"
+
+
+def members(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def rewrite(src: Path, dst: Path, header: Callable[[dict], Any] | None = None,
+            arrays: Callable[[dict], None] | None = None) -> Path:
+    """Copy model file ``src`` to ``dst``, changing its parsed header and/or its arrays."""
+    data = members(src)
+    head = json.loads(str(data.pop("__xpnn__")))
+    if header is not None:
+        head = header(head) or head
+    if arrays is not None:
+        arrays(data)
+    text = head if isinstance(head, str) else json.dumps(head)
+    np.savez(dst, __xpnn__=np.array(text), **data)
+    return dst
+
+
+def first_weight(data: dict) -> str:
+    return next(k for k in data if k.startswith("model/") and k.endswith("weight"))
+
+
+def drop_first_weight(data: dict) -> None:
+    del data[first_weight(data)]
+
+
+def optim_member(data: dict) -> str:
+    return next(k for k in data if k.startswith("optim/") and data[k].ndim == 2)
+
+
+def set_in(path: list, value: Any) -> Callable[[dict], None]:
+    def change(head: dict) -> None:
+        node = head
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return change
+
+
+def first_linear(head: dict) -> dict:
+    return next(layer for layer in head["architecture"]["layers"] if layer["type"] == "Linear")
+
+
+def huge_linear(n: int) -> Callable[[dict], None]:
+    def change(head: dict) -> None:
+        first_linear(head)["config"].update(in_features=n, out_features=n)
+    return change
+
+
+def nested(depth: int) -> Callable[[dict], None]:
+    def change(head: dict) -> str:
+        text = json.dumps(head)
+        return text[:-1] + ', "deep": ' + "[" * depth + "]" * depth + "}"
+    return change
+
+
+# (id, header change, array change, fragment of the error)
+DAMAGED_MODEL_FILES = [
+    ("header-is-a-list", lambda h: [h], None, "must be a JSON object"),
+    ("header-is-a-number", lambda h: "5", None, "must be a JSON object"),
+    ("architecture-is-a-string", set_in(["architecture"], "mlp"), None, "architecture must be an object"),
+    ("layers-is-a-number", set_in(["architecture", "layers"], 5), None, "cannot rebuild the architecture"),
+    ("layer-without-config", lambda h: first_linear(h).pop("config") and None, None,
+     "cannot rebuild the architecture"),
+    ("unknown-layer", lambda h: first_linear(h).update(type="Evil") or None, None, "unknown layer type 'Evil'"),
+    ("format-version-is-a-string", set_in(["format_version"], "1"), None, "format_version must be"),
+    ("input-shape-is-a-string", set_in(["input_shape"], "abc"), None, "input_shape must be null or a list"),
+    ("metadata-is-a-list", set_in(["metadata"], [1]), None, "metadata must be an object"),
+    ("loss-is-a-string", set_in(["loss"], "ce"), None, "loss must be null or an object"),
+    ("unknown-loss", set_in(["loss", "type"], "EvilLoss"), None, "the saved loss cannot be rebuilt"),
+    ("unknown-optimizer", set_in(["optimizer", "type"], "EvilOpt"), None, "the saved optimizer cannot be rebuilt"),
+    ("optimizer-bad-config", set_in(["optimizer", "config"], {"no_such": 1}), None,
+     "the saved optimizer cannot be rebuilt"),
+    ("deeply-nested-header", nested(100_000), None, "model header"),
+    ("nested-beyond-the-limit", nested(500), None, "nested more than"),
+    ("missing-weight", None, drop_first_weight, "missing"),
+    ("extra-weight", None, lambda d: d.update({"model/99.weight": np.zeros(3, np.float32)}), "unexpected"),
+    ("weight-of-the-wrong-shape", None, lambda d: d.update({first_weight(d): d[first_weight(d)].T.copy()}),
+     "weights do not match the architecture"),
+    ("weight-too-large-for-the-budget", None,
+     lambda d: d.update({first_weight(d): np.zeros((2, 2), np.float32)}), "larger than the weights stored"),
+    ("optimizer-state-wrong-shape", None, lambda d: d.update({optim_member(d): np.zeros((3, 3), np.float32)}),
+     "optimizer state"),
+    ("missing-optimizer-array", None, lambda d: d.pop(optim_member(d)).shape and None, "is missing from the file"),
+    ("array-reference-not-a-name", set_in(["metadata", "history"], {"__array__": 5}), None,
+     "array reference must be a member name"),
+    ("huge-linear-12000", huge_linear(12000), None, "larger than the weights stored"),
+    ("huge-linear-100000", huge_linear(100000), None, "larger than the weights stored"),
+    ("huge-input-size", set_in(["metadata", "input", "size"], [20000, 20000]), None, "metadata is damaged"),
+    ("classes-not-a-list", set_in(["metadata", "classes"], 7), None, "classes must be a list"),
+    ("test-accuracy-a-string", set_in(["metadata", "test"], {"accuracy": "high", "images": 3}), None,
+     "test must give"),
+]
+
+
+@pytest.mark.parametrize("name, header, arrays, fragment", DAMAGED_MODEL_FILES,
+                         ids=[case[0] for case in DAMAGED_MODEL_FILES])
+def test_damaged_model_file_is_one_line_naming_it(checkpoint, tmp_path, capsys, name, header, arrays, fragment):
+    path = rewrite(checkpoint, tmp_path / f"{name}.npz", header, arrays)
+    tracemalloc.start()
+    try:
+        code = cli.main(["info", str(path)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("xpnn: error: "), err
+    assert str(path) in lines[0] and fragment in lines[0], lines[0]
+    assert peak < 20 * MIB, f"{peak / MIB:.0f} MiB to refuse a {path.stat().st_size:,}-byte file"
+
+
+def corrupt_bytes(path: Path) -> None:
+    """Zero 64 bytes inside the first weight array's data (its CRC no longer matches)."""
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.startswith("model/"))
+    raw = bytearray(path.read_bytes())
+    inside = info.header_offset + info.compress_size // 2
+    raw[inside:inside + 64] = bytes(64)
+    path.write_bytes(bytes(raw))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def garbage(path: Path) -> None:
+    path.write_bytes(b"not a zip file at all" * 10)
+
+
+def header_not_a_string(path: Path) -> None:
+    data = members(path)
+    data["__xpnn__"] = np.arange(4)
+    np.savez(path, **data)
+
+
+@pytest.mark.parametrize("damage", [corrupt_bytes, truncate, garbage, header_not_a_string])
+def test_corrupt_bytes_are_one_line_naming_the_file(checkpoint, tmp_path, capsys, damage):
+    path = tmp_path / "model.npz"
+    path.write_bytes(checkpoint.read_bytes())
+    damage(path)
+    for command in (["info", str(path)], ["predict", str(path), str(tmp_path / "x.png")]):
+        Image.new("L", (8, 8)).save(tmp_path / "x.png")
+        code = cli.main(command)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and str(path) in err and "Traceback" not in err, err
+    with pytest.raises(ModelFileError, match=str(path)):
+        xpnn.load_checkpoint(path)
+
+
+def add_member(path: Path, name: str, declared_shape: tuple[int, ...], payload: bytes) -> None:
+    """Append a .npy member whose header declares ``declared_shape`` float32 but holds ``payload``."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": declared_shape})
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr(f"{name}.npy", buffer.getvalue() + payload)
+
+
+def test_unused_member_is_never_read(checkpoint, tmp_path):
+    """An unused member declaring 1 GiB (holding 16 bytes) costs nothing: it is not read."""
+    path = tmp_path / "m.npz"
+    path.write_bytes(checkpoint.read_bytes())
+    add_member(path, "junk", (2**28,), bytes(16))
+    tracemalloc.start()
+    try:
+        model = xpnn.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert model.metadata["settings"]["model"] == "mlp"
+    assert peak < 20 * MIB
+
+
+def test_member_declaring_more_than_it_holds_is_refused_before_allocating(checkpoint, tmp_path):
+    path = tmp_path / "m.npz"
+    data = members(checkpoint)
+    key = optim_member(data)
+    del data[key]
+    np.savez(path, **data)
+    add_member(path, key, (2**28,), bytes(16))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match=r"declares shape \(268435456,\) float32 = 1,073,741,824 bytes "
+                                                 r"but holds 16 bytes"):
+            xpnn.load_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * MIB
+
+
+def test_resume_from_damaged_checkpoint_or_run_record(checkpoint, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for key in ("rng_state", "epoch", "settings"):
+        rewrite(checkpoint, run / "checkpoint.npz", lambda h: h["metadata"].pop(key) and None)
+        code = cli.main(["train", "--resume", str(run), "--epochs", "3", "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{run / 'checkpoint.npz'}" in err and f"{key} is missing" in err, err
+    rewrite(checkpoint, run / "checkpoint.npz", set_in(["metadata", "rng_state"], {"state": 5}))
+    code = cli.main(["train", "--resume", str(run), "--epochs", "3", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "random-generator state" in err and "Traceback" not in err, err
+    rewrite(checkpoint, run / "checkpoint.npz")
+    (run / "run.json").write_text('{"commands": [')
+    code = cli.main(["train", "--resume", str(run), "--epochs", "3", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{run / 'run.json'} is not valid JSON" in err, err
+
+
+def test_custom_initializer_model_saves_and_loads(tmp_path):
+    def tiny(rng, shape, fan_in, fan_out):
+        return rng.standard_normal(shape) * 0.001
+
+    model = xpnn.Sequential([xpnn.layers.Linear(3, 2, init=tiny)])
+    xpnn.save(model, tmp_path / "m.npz")
+    loaded = xpnn.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(loaded.state_dict()["0.weight"], model.state_dict()["0.weight"])
+
+
+# --------------------------------------------------------------------------- IDX files
+
+
+def idx_header(dims: tuple[int, ...], code: int = 0x08) -> bytes:
+    return bytes([0, 0, code, len(dims)]) + np.asarray(dims, dtype=">u4").tobytes()
+
+
+def test_gzip_idx_is_decompressed_no_further_than_its_header_declares(tmp_path):
+    """20 MiB of zeros behind a header declaring 10x28x28: refused after ~8 KB, not after 20 MiB."""
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_header((10, 28, 28)) + bytes(20 * MIB), compresslevel=1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="longer than its header says"):
+            load_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * MIB
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("dims, fragment", [
+    ((2**32 - 1,) * 4, "more than this"),           # the product overflows int64
+    ((2**16, 2**16), "more than this"),             # 4 GiB declared in a tiny file
+])
+def test_idx_declaring_more_than_the_file_holds(tmp_path, compress, dims, fragment):
+    payload = idx_header(dims) + bytes(100)
+    path = tmp_path / ("x-ubyte.gz" if compress else "x-ubyte")
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+    with pytest.raises(DataError, match=fragment if compress else "truncated"):
+        load_idx(path)
+
+
+def test_idx_multi_member_gzip_still_reads(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    raw = tmp_path / "a-ubyte"
+    save_idx(raw, array)
+    data = raw.read_bytes()
+    (tmp_path / "b-ubyte.gz").write_bytes(gzip.compress(data[:10]) + gzip.compress(data[10:]))
+    np.testing.assert_array_equal(load_idx(tmp_path / "b-ubyte.gz"), array)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def test_image_size_beyond_pillows_bomb_limit_is_refused_before_decoding(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="decompression-bomb limit"):
+            load_image(tmp_path / "x.png", size=(20000, 20000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < MIB

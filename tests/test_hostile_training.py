@@ -99,3 +99,33 @@ def test_json_written_by_xpnn_is_strict(tmp_path):
         header = str(f["__xpnn__"])
     json.loads(header, parse_constant=lambda t: pytest.fail(f"bare {t} in the model header"))
     assert xpnn.load(tmp_path / "m.npz").metadata == {"logs": {"val_loss": None}}
+
+
+# --------------------------------------------------------------------------- 4. device strings
+
+
+@pytest.mark.parametrize("spec", ["this:x", "os:x", "os", "antigravity", "subprocess:cpu", "xpnn.cli:x"])
+def test_device_string_never_imports_an_arbitrary_module(spec, capsys, monkeypatch):
+    import sys
+    module = spec.split(":")[0]
+    already = module in sys.modules
+    with pytest.raises(xpnn.DeviceError, match="not a known array library"):
+        xpnn.set_device(spec)
+    monkeypatch.setenv("XPNN_DEVICE", spec)
+    code, out, err = run_cli(capsys, "evaluate", "missing.npz")
+    assert code == 2 and out == "" and err.startswith("xpnn: error: unknown device") and err.count("\n") == 1, err
+    code, out, err = run_cli(capsys, "evaluate", "missing.npz", "--device", spec)
+    assert code == 2 and out == "", err
+    assert (module in sys.modules) == already
+
+
+def test_registered_array_library_is_allowed(monkeypatch):
+    from xpnn import backend
+    monkeypatch.setattr(backend, "ARRAY_LIBRARIES", set(backend.ARRAY_LIBRARIES))
+    with pytest.raises(xpnn.DeviceError):
+        backend.use_device("array_api_compat.numpy:cpu").__enter__()
+    backend.register_array_library("array_api_compat.numpy")
+    with backend.use_device("array_api_compat.numpy:cpu") as device:
+        assert device.name == "cpu"
+    with pytest.raises(ValueError, match="module name"):
+        backend.register_array_library("os; rm -rf")

@@ -25,7 +25,7 @@ from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_nam
 __all__ = [
     "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device",
     "devices", "device_of", "to_device", "to_numpy", "seed", "host_rng", "rng_state", "set_rng_state",
-    "random_uniform",
+    "random_uniform", "ARRAY_LIBRARIES", "register_array_library",
 ]
 
 GPU_INSTALL_HINT = 'pip install "xpnn[gpu]" (CuPy for CUDA 12; use cupy-cuda13x for CUDA 13)'
@@ -145,9 +145,31 @@ def _auto_device() -> Device:
         return _numpy_device()
 
 
+#: array-API libraries a device string may name (``"torch:cpu"``); others via register_array_library
+ARRAY_LIBRARIES: set[str] = {"array_api_strict", "torch", "jax.numpy", "dask.array", "ndonnx", "sparse"}
+
+
+def register_array_library(module_name: str) -> None:
+    """Allow device strings ``"<module_name>:<device>"`` for an array-API library not in
+    :data:`ARRAY_LIBRARIES`. A device string imports its module, so only modules named here
+    (in Python, never from a command line or environment variable) can be imported by one."""
+    if not isinstance(module_name, str) or not all(part.isidentifier() for part in module_name.split(".")):
+        raise ValueError(f"register_array_library: expected a module name such as 'mylib.array_api', "
+                         f"got {module_name!r}")
+    ARRAY_LIBRARIES.add(module_name)
+
+
 def _library_device(spec: str) -> Device:
-    """``"module:device"`` for any other array-API library, e.g. ``array_api_strict:device1``."""
+    """``"module:device"`` for any other array-API library, e.g. ``array_api_strict:device1``.
+
+    Only modules in :data:`ARRAY_LIBRARIES` are imported: a device string comes from the
+    command line or the environment, and importing a module runs its code.
+    """
     module_name, _, label = spec.partition(":")
+    if module_name not in ARRAY_LIBRARIES:
+        raise DeviceError(f"unknown device {spec!r}: {module_name!r} is not a known array library; use 'cpu', "
+                          f"'gpu:N', 'auto' or one of {', '.join(sorted(ARRAY_LIBRARIES))} (another array-API "
+                          f"library: call xpnn.backend.register_array_library({module_name!r}) first, in Python)")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -85,7 +85,7 @@ def save(model: Sequential, path: "str | os.PathLike[str]", *, optimizer: Any = 
     return path
 
 
-_MAX_HEADER_BYTES = 64 * 2**20
+_MAX_HEADER_BYTES = 16 * 2**20
 _MAX_DEPTH = 100
 #: the most a deflate stream can expand (zlib's documented bound is 1032:1), plus room for headers
 _DEFLATE_MAX_RATIO = 1032

@@ -22,7 +22,7 @@ from PIL import Image
 import xpnn
 from xpnn import cli
 from xpnn.data.idx import load_idx, save_idx
-from xpnn.data.images import load_image
+from xpnn.data.images import ImageFolder, load_image
 from xpnn.errors import DataError, ModelFileError
 
 MIB = 2**20
@@ -315,3 +315,74 @@ def test_image_size_beyond_pillows_bomb_limit_is_refused_before_decoding(tmp_pat
     finally:
         tracemalloc.stop()
     assert peak < MIB
+
+
+def two_classes(root: Path, per_class: int = 2) -> Path:
+    for name, value in (("cat", 40), ("dog", 200)):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("L", (6, 6), value + i).save(root / name / f"{i}.png")
+    return root
+
+
+def test_symlink_loop_adds_nothing(tmp_path):
+    root = two_classes(tmp_path / "data")
+    (root / "cat" / "loop").symlink_to(".")
+    (root / "cat" / "up").symlink_to("..")
+    (root / "dog" / "sub").mkdir()
+    (root / "dog" / "sub" / "back").symlink_to("../..")
+    folder = ImageFolder(root, size=4, workers=0)
+    assert len(folder) == 4 and sorted(folder.y.tolist()) == [0, 0, 1, 1]
+
+
+def test_fifo_named_like_an_image_is_not_opened(tmp_path, capsys):
+    import os
+    root = two_classes(tmp_path / "data")
+    os.mkfifo(root / "cat" / "pipe.png")
+    assert len(ImageFolder(root, size=4, workers=0)) == 4
+    with pytest.raises(DataError, match="not a regular file"):
+        load_image(root / "cat" / "pipe.png", size=4)
+
+
+def test_walk_is_bounded(tmp_path, monkeypatch):
+    from xpnn.data import images
+    root = two_classes(tmp_path / "data", per_class=6)
+    monkeypatch.setattr(images, "MAX_WALK_ENTRIES", 5)
+    with pytest.raises(DataError, match="more than 5 files and folders"):
+        ImageFolder(root, size=4, workers=0)
+    monkeypatch.setattr(images, "MAX_WALK_ENTRIES", 1000)
+    monkeypatch.setattr(images, "MAX_WALK_DEPTH", 2)
+    deep = root / "cat" / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    with pytest.raises(DataError, match="more than 2 levels deep"):
+        ImageFolder(root, size=4, workers=0)
+
+
+def test_proc_is_not_walked(tmp_path):
+    """`/proc` (its pid folders as classes, /proc/self/root leading to /) ends in a DataError."""
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc")
+    with pytest.raises(DataError):
+        ImageFolder("/proc", size=4, workers=0)
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"garbage", lambda b: b""])
+def test_damaged_cache_is_rebuilt(tmp_path, damage):
+    root = two_classes(tmp_path / "data")
+    first = ImageFolder(root, size=4, cache=True, workers=0)
+    (cache,) = root.glob(".xpnn-cache-*.npz")
+    cache.write_bytes(damage(cache.read_bytes()))
+    again = ImageFolder(root, size=4, cache=True, workers=0)
+    np.testing.assert_array_equal(again.x, first.x)
+    with np.load(cache, allow_pickle=False) as f:
+        assert f["x"].shape == first.x.shape  # rewritten whole
+
+
+def test_cache_with_other_shapes_is_rebuilt(tmp_path):
+    root = two_classes(tmp_path / "data")
+    first = ImageFolder(root, size=4, cache=True, workers=0)
+    (cache,) = root.glob(".xpnn-cache-*.npz")
+    with np.load(cache, allow_pickle=False) as f:
+        parts = {k: f[k] for k in f.files}
+    np.savez(cache, **{**parts, "y": np.full(len(parts["y"]), 99)})
+    np.testing.assert_array_equal(ImageFolder(root, size=4, cache=True, workers=0).y, first.y)

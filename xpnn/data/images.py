@@ -23,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 import warnings
+import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -124,6 +126,8 @@ def load_image(path: "str | os.PathLike[str]", size: "int | Sequence[int] | None
     """
     path = Path(path)
     hw, color = image_size(size), _color(color)
+    if not _is_regular_file(path):
+        raise DataError(f"{path}: cannot read as an image: not a regular file (missing, a folder, a FIFO or a device)")
     try:
         return _decode(path, hw, color)
     except _DECODE_ERRORS as exc:
@@ -134,13 +138,67 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+#: bounds on listing one class folder: how deep it nests, and how many entries are looked at
+MAX_WALK_DEPTH = 32
+MAX_WALK_ENTRIES = 1_000_000
+
+
+def _is_regular_file(path: Path) -> bool:
+    """A regular file (after following symlinks): not a FIFO, device or socket, which may block."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _image_files(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursively, hidden files and folders skipped), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        found += [Path(dirpath) / f for f in filenames
-                  if not _is_hidden(f) and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    """Image files below ``folder`` (recursively, hidden files and folders skipped), sorted.
+
+    Symlinked folders are followed, each real folder once (a link loop adds nothing), except
+    links up to a folder that holds ``folder`` (they would add other classes' images); only
+    regular files are listed (a FIFO named ``pipe.png`` would block forever); the walk stops
+    with a :class:`~xpnn.errors.DataError` beyond :data:`MAX_WALK_DEPTH` levels or
+    :data:`MAX_WALK_ENTRIES` entries, so pointing it at ``/`` or ``/proc`` ends quickly.
+    """
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    start = Path(os.path.realpath(folder))
+    entries = 0
+    stack = [(folder, 0)]
+    while stack:
+        directory, depth = stack.pop()
+        try:
+            info = os.stat(directory)
+        except OSError:
+            continue
+        real = Path(os.path.realpath(directory))
+        if (info.st_dev, info.st_ino) in seen or (real != start and start.is_relative_to(real)):
+            continue  # seen already, or a link up to a folder that holds this one (other classes too)
+        seen.add((info.st_dev, info.st_ino))
+        try:
+            with os.scandir(directory) as it:
+                listing = list(it)
+        except OSError:
+            continue
+        entries += len(listing)
+        if entries > MAX_WALK_ENTRIES:
+            raise DataError(f"{folder} holds more than {MAX_WALK_ENTRIES:,} files and folders; is it really an image "
+                            f"class folder? (xpnn.data.images.MAX_WALK_ENTRIES sets the limit)")
+        for entry in listing:
+            if _is_hidden(entry.name):
+                continue
+            path = Path(directory) / entry.name
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                continue
+            if is_dir:
+                if depth + 1 > MAX_WALK_DEPTH:
+                    raise DataError(f"{folder} nests folders more than {MAX_WALK_DEPTH} levels deep ({path}); "
+                                    f"is it really an image class folder?")
+                stack.append((path, depth + 1))
+            elif path.suffix.lower() in IMAGE_EXTENSIONS and _is_regular_file(path):
+                found.append(path)
     return sorted(found)
 
 
@@ -310,7 +368,12 @@ class ImageFolder:
             with np.load(path, allow_pickle=False) as f:
                 x, y = f["x"], f["y"]
                 rel, skipped = f["paths"].tolist(), f["skipped"].tolist()
-        except (OSError, ValueError, KeyError, zlib.error, EOFError):
+        except (OSError, ValueError, KeyError, zlib.error, EOFError, zipfile.BadZipFile):
+            return False  # a damaged or truncated cache is rebuilt
+        h, w = self.size
+        channels = 3 if self.color == "rgb" else 1
+        if (x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (channels, h, w) or y.shape != (len(x),)
+                or len(rel) != len(x) or (len(y) and not 0 <= y.min() <= y.max() < len(self.classes))):
             return False
         self.x, self.y = x, y
         self.paths = [str(self.root / p) for p in rel]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,43 @@ def test_registered_array_library_is_allowed(monkeypatch):
         assert device.name == "cpu"
     with pytest.raises(ValueError, match="module name"):
         backend.register_array_library("os; rm -rf")
+
+
+# --------------------------------------------------------------------------- 6. inputs
+
+
+def _xy(n: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.random((n, 4)).astype(np.float32), np.arange(n) % 3
+
+
+BAD_INPUTS = [
+    ("complex-x", lambda x, y: (x + 1j, y), "x is complex"),
+    ("float64-beyond-float32", lambda x, y: (np.where(np.arange(4) == 2, 1e39, x.astype(np.float64)), y),
+     "too large for float32"),
+    ("one-hot-negative", lambda x, y: (x, np.eye(3)[y] * -50), "must hold probabilities in [0, 1]"),
+    ("one-hot-above-one", lambda x, y: (x, np.eye(3)[y] * 2), "must hold probabilities in [0, 1]"),
+    ("complex-y", lambda x, y: (x, y + 0j), "y is complex"),
+]
+
+
+@pytest.mark.parametrize("name, damage, message", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_bad_inputs_are_refused_before_any_step(name, damage, message):
+    xpnn.seed(0)
+    model = xpnn.mlp([4, 3])
+    before = model.state_dict()
+    x, y = damage(*_xy())
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.fit(x, y, verbose=0)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    if name in ("complex-x", "float64-beyond-float32"):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            model.predict(x)
+
+
+def test_float64_model_accepts_what_float32_cannot_hold():
+    model = xpnn.mlp([4, 3]).to(dtype="float64")
+    x, _ = _xy()
+    x = x.astype(np.float64) * 1e39
+    assert np.isfinite(model.predict(x)).all()

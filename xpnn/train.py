@@ -199,10 +199,10 @@ def _host(array: Any, name: str) -> np.ndarray:
 def _prepare(model: Any, x: Any, y: Any, loss: Loss, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
     """Host copies of ``x``/``y`` checked against the model and the loss (before any step runs)."""
     x_host, y_host = _host(x, names[0]), _host(y, names[1])
-    check_inputs(x_host, names[0])
+    check_inputs(x_host, names[0], model.dtype)
     check_lengths(x_host, y_host, *names)
     out_shape = model.build(x_host.shape[1:], batch_size=len(x_host))
-    check_targets(loss, y_host, out_shape, names[1])
+    check_targets(loss, y_host, out_shape, names[1], model.dtype)
     return x_host, y_host
 
 
@@ -432,7 +432,7 @@ def predict(model: Any, x: Any, *, batch_size: int = 256, scale: Any = None, to_
     """Model outputs for ``x`` in eval mode, batch by batch: a NumPy array (or device array if
     ``to_host=False``). Apply the output activation yourself if the model ends in logits."""
     x_host = _host(x, "x")
-    check_inputs(x_host, "x")
+    check_inputs(x_host, "x", model.dtype)
     model.build(x_host.shape[1:])
     loader = DataLoader(x_host, None, batch_size, device=model.device, dtype=model.dtype, scale=scale)
     outputs = [model(loader.take(idx)[0], train=False)[0] for idx in loader.batch_indices()]

@@ -14,20 +14,28 @@ from .errors import DataError, ShapeError
 __all__ = ["check_inputs", "check_targets", "check_lengths"]
 
 
-def check_inputs(x: np.ndarray, name: str = "x") -> None:
-    """Non-empty, numeric, and (for floats) free of NaN and inf."""
+def check_inputs(x: np.ndarray, name: str = "x", dtype: str | None = None) -> None:
+    """Non-empty, real (not complex) numbers, free of NaN and inf, and (with ``dtype``, the
+    model's float dtype) small enough to stay finite when cast to it."""
     if x.ndim == 0:
         raise ShapeError(f"{name} must be a batch of samples (first axis = samples), got a scalar")
     if x.shape[0] == 0:
         raise DataError(f"{name} is empty: shape {x.shape}, expected at least one sample")
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise DataError(f"{name} is complex (dtype {x.dtype}); xpnn trains on real numbers: pass x.real, "
+                        f"np.abs(x), or the real and imaginary parts as separate features")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise DataError(f"{name} must be numeric, got dtype {x.dtype}")
-    if np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.complexfloating):
+    if np.issubdtype(x.dtype, np.floating):
         bad = ~np.isfinite(x)
+        what = "NaN/inf value(s)"
+        if not bad.any() and dtype is not None and np.finfo(dtype).max < np.finfo(x.dtype).max:
+            bad = np.abs(x) > np.finfo(dtype).max
+            what = f"value(s) too large for {dtype} (beyond {np.finfo(dtype).max:.3g}, they would become inf)"
         if bad.any():
             count = int(bad.sum())
             first = int(np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))[0])
-            raise DataError(f"{name} contains {count} NaN/inf value(s); the first is in sample {first}")
+            raise DataError(f"{name} contains {count} {what}; the first is in sample {first}")
 
 
 def check_lengths(x: np.ndarray, y: np.ndarray, x_name: str = "x", y_name: str = "y") -> None:
@@ -36,9 +44,10 @@ def check_lengths(x: np.ndarray, y: np.ndarray, x_name: str = "x", y_name: str =
                         f"{len(y)} in {y_name}")
 
 
-def check_targets(loss: Any, y: np.ndarray, output_shape: tuple[int, ...], name: str = "y") -> None:
-    """Targets fit the loss and the model's output: label range, one-hot width, element count."""
-    check_inputs(y, name)
+def check_targets(loss: Any, y: np.ndarray, output_shape: tuple[int, ...], name: str = "y",
+                  dtype: str | None = None) -> None:
+    """Targets fit the loss and the model's output: label range, one-hot width and range, element count."""
+    check_inputs(y, name, dtype)
     loss_name = type(loss).__name__
     per_sample = int(np.prod(output_shape[1:]))
     if loss.task == "multiclass":
@@ -53,6 +62,9 @@ def check_targets(loss: Any, y: np.ndarray, output_shape: tuple[int, ...], name:
             if y.shape[1] != classes:
                 raise ShapeError(f"{loss_name}: one-hot {name} has {y.shape[1]} columns, the model has {classes} "
                                  f"outputs")
+            if y.min() < 0 or y.max() > 1:
+                raise DataError(f"{loss_name}: one-hot (or soft) {name} must hold probabilities in [0, 1], got "
+                                f"values from {y.min()} to {y.max()}")
         else:
             raise ShapeError(f"{loss_name}: {name} must be labels (N,) or one-hot (N, {classes}), got shape {y.shape}")
         return

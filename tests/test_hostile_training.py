@@ -170,3 +170,60 @@ def test_float64_model_accepts_what_float32_cannot_hold():
     x, _ = _xy()
     x = x.astype(np.float64) * 1e39
     assert np.isfinite(model.predict(x)).all()
+
+
+# --------------------------------------------------------------------------- 7. found before training
+
+
+def test_idx_train_and_test_of_different_sizes_fail_before_training(tmp_path, capsys):
+    from xpnn.data.idx import save_idx
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    save_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 255, (20, 27, 27), dtype=np.uint8))
+    save_idx(folder / "train-labels-idx1-ubyte", (np.arange(20) % 10).astype(np.uint8))
+    save_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 255, (10, 28, 28), dtype=np.uint8))
+    save_idx(folder / "t10k-labels-idx1-ubyte", (np.arange(10) % 10).astype(np.uint8))
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "train", "--data", folder, "--model", "mlp", "--out", out, "--quiet",
+                                "--device", "cpu")
+    assert code == 2 and "27x27 images" in err and "28x28 images" in err and err.count("\n") == 1, err
+    assert "epoch" not in stdout and not out.exists()
+
+
+def _image_classes(root: Path, names: list[bytes], per_class: int = 6) -> Path:
+    import os
+    from PIL import Image
+    for index, name in enumerate(names):
+        folder = os.path.join(os.fsencode(root), name)
+        os.makedirs(folder)
+        for i in range(per_class):
+            Image.new("L", (8, 8), 40 * index + i).save(os.path.join(folder, f"{i}.png".encode()))
+    return root
+
+
+def test_class_folder_name_not_utf8_fails_before_training(tmp_path, capsys):
+    root = _image_classes(tmp_path / "data", [b"caf\xe9", b"dog"])
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "train", "--data", root, "--model", "mlp", "--image-size", "8", "--out", out,
+                                "--quiet", "--device", "cpu")
+    assert code == 2 and "not valid UTF-8" in err and "caf\\xe9" in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_a_failing_plot_never_loses_a_finished_run(tmp_path, capsys, monkeypatch):
+    from xpnn import metrics
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display font")
+
+    monkeypatch.setattr(metrics, "plot_confusion_matrix", broken)
+    monkeypatch.setattr(xpnn.History, "plot", broken)
+    root = _image_classes(tmp_path / "data", [b"cat", b"dog"])
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="could not write confusion_matrix.png: RuntimeError: no display font"):
+        code, _, err = run_cli(capsys, "train", "--data", root, "--model", "mlp", "--image-size", "8", "--out", out,
+                               "--quiet", "--device", "cpu", "--epochs", "1")
+    assert code == 0, err
+    assert strict_json(out / "run.json")["status"] == "completed"
+    assert (out / "model.npz").is_file() and (out / "confusion_matrix.txt").is_file()

@@ -27,7 +27,7 @@ import numpy as np
 from . import __version__, backend, metrics, zoo
 from .data import datasets
 from .errors import TrainingDivergedError
-from .files import json_text, write_json
+from .files import atomic_write, json_text, write_json
 from .io import load, load_checkpoint, save
 from .train import Callback, History, predict
 
@@ -119,7 +119,8 @@ def load_data(spec: str, image_size: int | None = None, color: str | None = None
             parts, names = datasets.fashion_mnist(None if spec in NAMED_DATA else spec), datasets.FASHION_MNIST_CLASSES
         else:
             parts, names = datasets.mnist(None if spec in NAMED_DATA else spec), datasets.MNIST_CLASSES
-        return Dataset(parts[0], parts[1], list(names), "gray", (IDX_SIZE, IDX_SIZE), NAMED_DATA.get(spec, spec))
+        size = tuple(int(n) for n in parts[0][0].shape[2:])
+        return Dataset(parts[0], parts[1], list(names), "gray", size, NAMED_DATA.get(spec, spec))
     root = Path(spec)
     size, color = image_size or DEFAULT_IMAGE_SIZE, color or "rgb"
     if (root / "train").is_dir() and (root / "test").is_dir():
@@ -316,16 +317,28 @@ class _Checkpoint(Callback):
              metadata={**self.metadata, "epoch": epoch + 1, "history": self.model.history.to_dict(),
                        "rng_state": backend.rng_state()})
         self.saved_epoch = epoch + 1
-        _write_history(self.model.history, self.out, plots=False)
+        _write_history(self.model.history, self.out)
 
 
-def _write_history(history: History, out: Path, plots: bool = True) -> None:
+def _write_history(history: History, out: Path) -> None:
     history.to_csv(str(out / "history.csv"))
     history.to_json(str(out / "history.json"))
-    if plots and len(history):
-        history.plot(str(out / "loss.png"), "loss", title="loss (cross-entropy)")
-        if "accuracy" in history.history:
-            history.plot(str(out / "accuracy.png"), "accuracy", title="accuracy")
+
+
+def _plot_history(history: History, out: Path) -> None:
+    if not len(history):
+        return
+    _report("loss.png", lambda: history.plot(str(out / "loss.png"), "loss", title="loss (cross-entropy)"))
+    if "accuracy" in history.history:
+        _report("accuracy.png", lambda: history.plot(str(out / "accuracy.png"), "accuracy", title="accuracy"))
+
+
+def _report(what: str, write: Any) -> None:
+    """Draw or write one report file; a failure is a warning, never the loss of a finished run."""
+    try:
+        write()
+    except Exception as exc:  # noqa: BLE001 - plots and reports must not lose the run they describe
+        warnings.warn(f"could not write {what}: {type(exc).__name__}: {exc}")
 
 
 def _settings(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
@@ -494,9 +507,9 @@ def _report_test(model: Any, data: Dataset, x_test: np.ndarray, y_test: np.ndarr
     accuracy = metrics.accuracy(cm)
     test = {"accuracy": accuracy, "loss": loss, "images": len(y_test)}
     save(model, out / MODEL_FILE, metadata={**metadata, "epoch": model.history.epochs[-1], "test": test})
-    _write_confusion(cm, data.classes, out, f"test confusion matrix ({len(y_test)} images)")
     run["test"] = test
     _finish(out, model.history, run, "completed", started)
+    _write_confusion(cm, data.classes, out, f"test confusion matrix ({len(y_test)} images)")
     print(metrics.classification_report(cm, data.classes))
     print(f"wrote {out}: {MODEL_FILE}, {CHECKPOINT_FILE}, history.csv/json, loss.png, accuracy.png, "
           f"confusion_matrix.png/txt, run.json")
@@ -506,9 +519,14 @@ def _report_test(model: Any, data: Dataset, x_test: np.ndarray, y_test: np.ndarr
 
 
 def _write_confusion(cm: np.ndarray, classes: Sequence[str], out: Path, title: str) -> None:
-    metrics.plot_confusion_matrix(cm, str(out / "confusion_matrix.png"), classes, title=title)
-    text = f"{metrics.format_confusion_matrix(cm, classes)}\n\n{metrics.classification_report(cm, classes)}\n"
-    (out / "confusion_matrix.txt").write_text(text)
+    def write_text() -> None:
+        text = f"{metrics.format_confusion_matrix(cm, classes)}\n\n{metrics.classification_report(cm, classes)}\n"
+        with atomic_write(out / "confusion_matrix.txt", "w") as f:
+            f.write(text)
+
+    _report("confusion_matrix.txt", write_text)
+    _report("confusion_matrix.png",
+            lambda: metrics.plot_confusion_matrix(cm, str(out / "confusion_matrix.png"), classes, title=title))
 
 
 def _run_record(out: Path, args: argparse.Namespace, settings: dict[str, Any], metadata: dict[str, Any],
@@ -533,10 +551,12 @@ def _run_record(out: Path, args: argparse.Namespace, settings: dict[str, Any], m
 
 
 def _finish(out: Path, history: History, run: dict[str, Any], status: str, started: float) -> None:
+    """History and run.json first (the record of the run), then the plots (which may fail alone)."""
     _write_history(history, out)
     run.update(status=status, epochs_completed=history.epochs[-1] if len(history) else 0,
                finished=datetime.now().isoformat(timespec="seconds"), seconds=round(time.time() - started, 2))
     write_json(out / "run.json", run)
+    _plot_history(history, out)
 
 
 # --------------------------------------------------------------------------- evaluate / predict / info / devices

@@ -95,8 +95,11 @@ class History:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
+        try:
+            with atomic_write(path) as f:
+                fig.savefig(f, format="png")
+        finally:
+            plt.close(fig)
 
 
 class Callback:

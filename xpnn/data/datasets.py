@@ -95,7 +95,13 @@ def _load(name: str, root: "str | os.PathLike[str] | None", classes: Sequence[st
                  for part, stems in _PARTS.items()}
         found = [f for pair in files.values() for f in pair if f is not None]
         if len(found) == 4:
-            return tuple(_load_split(*files[part], len(classes)) for part in ("train", "test"))
+            train, test = (_load_split(*files[part], len(classes)) for part in ("train", "test"))
+            if train[0].shape[1:] != test[0].shape[1:]:
+                size = "x".join(map(str, train[0].shape[2:]))
+                raise DataError(f"{files['train'][0]} holds {size} images but {files['test'][0]} holds "
+                                f"{'x'.join(map(str, test[0].shape[2:]))} images; train and test images must "
+                                f"have one size")
+            return train, test
         if found:
             partial.append(f"{folder} has only {', '.join(f.name for f in found)}")
     lines = "\n  ".join(str(p) for p in searched)

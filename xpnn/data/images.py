@@ -271,6 +271,12 @@ class ImageFolder:
                 raise DataError(f"class folder(s) {', '.join(str(self.root / c) for c in missing)} do not exist")
             return classes
         found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not _is_hidden(p.name))
+        for name in found:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise DataError(f"class folder {os.fsencode(self.root / name)!r}: its name is not valid UTF-8, so it "
+                                f"cannot be a class name in reports and model files; rename the folder") from None
         if not found:
             loose = [p for p in self.root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
             hint = (f"; it holds {len(loose)} image file(s) directly: put each class in its own subfolder"

@@ -227,3 +227,54 @@ def test_a_failing_plot_never_loses_a_finished_run(tmp_path, capsys, monkeypatch
     assert code == 0, err
     assert strict_json(out / "run.json")["status"] == "completed"
     assert (out / "model.npz").is_file() and (out / "confusion_matrix.txt").is_file()
+
+
+# --------------------------------------------------------------------------- 8. never overwritten
+
+
+@pytest.mark.parametrize("held", [["model.npz", "history.csv"], ["notes.txt"], ["run.json"]])
+def test_foreign_out_folder_is_refused_and_left_alone(tmp_path, capsys, held):
+    out = tmp_path / "theirs"
+    out.mkdir()
+    for name in held:
+        (out / name).write_bytes(b"someone else's " + name.encode())
+    code, _, err = run_cli(capsys, "train", "--model", "mlp", "--limit", "50", "--epochs", "1", "--out", out,
+                           "--quiet", "--device", "cpu")
+    assert code == 2 and "is not empty and holds no xpnn run" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(held)
+    for name in held:
+        assert (out / name).read_bytes() == b"someone else's " + name.encode()
+
+
+def test_empty_out_folder_is_used(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / ".hidden").write_text("")
+    code, _, err = run_cli(capsys, "train", "--model", "mlp", "--limit", "50", "--epochs", "1", "--out", out,
+                           "--quiet", "--device", "cpu", "--val-split", "0")
+    assert code == 0, err
+    assert strict_json(out / "run.json")["status"] == "completed"
+
+
+def test_run_outputs_are_written_atomically(tmp_path, monkeypatch, capsys):
+    """Every file a run writes goes through atomic_write: fail each write, the earlier file stays whole."""
+    from xpnn import files
+    written = []
+    real = files.atomic_write
+
+    def spy(path, mode="wb"):
+        written.append(Path(path).name)
+        return real(path, mode)
+
+    monkeypatch.setattr(files, "atomic_write", spy)
+    for module in ("xpnn.io", "xpnn.train", "xpnn.cli", "xpnn.metrics"):
+        import importlib
+        mod = importlib.import_module(module)
+        if hasattr(mod, "atomic_write"):
+            monkeypatch.setattr(mod, "atomic_write", spy)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--model", "mlp", "--limit", "50", "--epochs", "1", "--out", out,
+                           "--quiet", "--device", "cpu")
+    assert code == 0, err
+    on_disk = {p.name for p in out.iterdir()}
+    assert on_disk <= set(written), on_disk - set(written)

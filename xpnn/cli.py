@@ -390,6 +390,13 @@ def _output_folder(args: argparse.Namespace) -> Path:
     if (out / CHECKPOINT_FILE).exists():
         raise CLIError(f"--out {out} already holds a run; continue it with `xpnn train --resume {out}`, or choose "
                        f"another --out")
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; pass a new or empty folder")
+    held = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    if held:
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise CLIError(f"--out {out} is not empty and holds no xpnn run (it has {shown}); a run never writes over "
+                       f"files it did not make: pass a new or empty folder")
     return out
 
 

@@ -203,11 +203,17 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     assert_user_error(again, "already trained 2 epoch(s)", "--epochs")
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C raises KeyboardInterrupt even if this test run ignores SIGINT (as a
+    background job of a non-interactive shell does, and its children inherit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_saves_and_can_resume(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "xpnn", "train", "--model", "tutorial-cnn", "--limit", "200",
                              "--epochs", "10000", "--quiet", "--out", str(out)], env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 60
     history = out / "history.csv"
     while not (history.is_file() and len(history.read_text().splitlines()) >= 3):  # 2 epochs done

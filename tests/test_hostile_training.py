@@ -278,3 +278,37 @@ def test_run_outputs_are_written_atomically(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     on_disk = {p.name for p in out.iterdir()}
     assert on_disk <= set(written), on_disk - set(written)
+
+
+# --------------------------------------------------------------------------- 9. Ctrl-C at start-up
+
+_INTERRUPT_WHILE_IMPORTING = """
+import os, runpy, signal, sys
+
+TARGET = sys.argv[1]
+
+class InterruptOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == TARGET:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.meta_path.insert(0, InterruptOnImport())
+sys.argv = ["xpnn", "devices"]
+runpy.run_module("xpnn", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy", "array_api_compat", "xpnn.cli"])
+def test_ctrl_c_while_importing_is_one_line_and_130(module):
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPT_WHILE_IMPORTING, module], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "xpnn: interrupted" and proc.stdout == ""

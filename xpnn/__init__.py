@@ -1,13 +1,40 @@
-"""xpnn: small, fast, honest neural networks on any array-API library (NumPy, CuPy, ...)."""
+"""xpnn: small, fast, honest neural networks on any array-API library (NumPy, CuPy, ...).
+
+The public names below are imported on first use (PEP 562), so ``import xpnn`` is instant and
+the ``xpnn`` command can answer Ctrl-C with one line even while NumPy is still loading.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from . import datasets, layers, losses, optim  # noqa: E402
-from .backend import (Device, DeviceError, current_device, devices, get_device, seed, set_device,  # noqa: E402
-                      to_device, to_numpy, use_device)
-from .io import load, load_checkpoint, save  # noqa: E402
-from .model import Sequential, mlp  # noqa: E402
-from .train import Callback, EarlyStopping, History, ModelCheckpoint  # noqa: E402
+#: public name -> the submodule that defines it
+_EXPORTS = {
+    "Device": "backend", "DeviceError": "backend", "current_device": "backend", "devices": "backend",
+    "get_device": "backend", "seed": "backend", "set_device": "backend", "to_device": "backend",
+    "to_numpy": "backend", "use_device": "backend",
+    "load": "io", "load_checkpoint": "io", "save": "io",
+    "Sequential": "model", "mlp": "model",
+    "Callback": "train", "EarlyStopping": "train", "History": "train", "ModelCheckpoint": "train",
+}
+_SUBMODULES = ("datasets", "layers", "losses", "optim")
 
 __all__ = ["datasets", "layers", "losses", "optim", "Device", "DeviceError", "set_device", "get_device", "current_device",
            "use_device", "devices", "to_device", "to_numpy", "seed", "Sequential", "mlp", "save", "load",
            "load_checkpoint", "History", "Callback", "EarlyStopping", "ModelCheckpoint", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -814,10 +814,11 @@ def _format_warning(message: Any, category: Any, filename: str, lineno: int, lin
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``xpnn`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    warnings.formatwarning = _format_warning
+    args = argparse.Namespace(debug=False)
     try:
+        args = build_parser().parse_args(argv)
+        args.argv = argv
+        warnings.formatwarning = _format_warning
         return args.func(args)
     except KeyboardInterrupt:
         if args.debug:

@@ -130,6 +130,10 @@ DAMAGED_MODEL_FILES = [
     ("classes-not-a-list", set_in(["metadata", "classes"], 7), None, "classes must be a list"),
     ("test-accuracy-a-string", set_in(["metadata", "test"], {"accuracy": "high", "images": 3}), None,
      "test must give"),
+    ("test-without-accuracy", set_in(["metadata", "test"], {"images": 3}), None, "test must give"),
+    ("data-without-source", lambda h: h["metadata"]["data"].pop("source") and None, None, "data must give"),
+    ("settings-without-data", lambda h: h["metadata"].pop("data") and None, None, "settings come without"),
+    ("settings-of-the-wrong-type", set_in(["metadata", "settings", "epochs"], "many"), None, "wrong type"),
 ]
 
 

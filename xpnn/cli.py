@@ -236,12 +236,14 @@ def _check_metadata(path: "str | Path", model: Any, checkpoint: bool = False) ->
                             ("model", str, "a string")):
         need(key not in meta or isinstance(meta[key], kind), f"{key} must be {what}")
     need("epoch" not in meta or _is_int(meta["epoch"]), "epoch must be a non-negative integer")
-    data = meta.get("data") or {}
-    need(all(_is_int(data.get(k, 0)) for k in ("train", "validation", "test"))
-         and isinstance(data.get("source", ""), str), "data must give its source and image counts")
-    test = meta.get("test") or {}
-    need(_is_number(test.get("accuracy", 0)) and _is_int(test.get("images", 0)),
-         "test must give an accuracy and an image count")
+    need("settings" not in meta or "data" in meta, "settings come without the data they were used on")
+    if "data" in meta:
+        data = meta["data"]
+        need(all(_is_int(data.get(k)) for k in ("train", "validation", "test")) and isinstance(data.get("source"), str),
+             "data must give its source and image counts")
+    if "test" in meta:
+        need(_is_number(meta["test"].get("accuracy")) and _is_int(meta["test"].get("images")),
+             "test must give an accuracy and an image count")
     if checkpoint:
         for key in ("epoch", "rng_state", "settings", "history"):
             need(key in meta, f"{key} is missing, so the run cannot be resumed")

@@ -390,3 +390,42 @@ def test_cache_with_other_shapes_is_rebuilt(tmp_path):
         parts = {k: f[k] for k in f.files}
     np.savez(cache, **{**parts, "y": np.full(len(parts["y"]), 99)})
     np.testing.assert_array_equal(ImageFolder(root, size=4, cache=True, workers=0).y, first.y)
+
+
+# --------------------------------------------------------------------------- files that are not files
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_special_files_are_refused_without_opening_them(tmp_path, capsys, kind):
+    import os
+    if kind == "fifo":
+        path = tmp_path / "x.npz"
+        os.mkfifo(path)
+    elif kind == "folder":
+        path = tmp_path / "x.npz"
+        path.mkdir()
+    else:
+        path = Path("/dev/zero")
+    with pytest.raises((ModelFileError, DataError), match="not a regular file"):
+        xpnn.load(path)
+    with pytest.raises(DataError, match="not a regular file"):
+        load_idx(path)
+    for command in (["info", str(path)], ["predict", str(path), str(path)]):
+        code = cli.main(command)
+        err = capsys.readouterr().err
+        assert code == 2 and "not a regular file" in err and err.count("\n") == 1, err
+
+
+def test_non_finite_weights_in_a_file_are_refused(checkpoint, tmp_path):
+    def poison(data: dict) -> None:
+        key = first_weight(data)
+        data[key] = data[key].copy()
+        data[key].flat[3] = np.inf
+    path = rewrite(checkpoint, tmp_path / "m.npz", arrays=poison)
+    with pytest.raises(ModelFileError, match="holds NaN/inf values"):
+        xpnn.load(path)
+    path = rewrite(checkpoint, tmp_path / "o.npz",
+                   arrays=lambda d: d.update({optim_member(d): np.full_like(d[optim_member(d)], np.nan)}))
+    xpnn.load(path)  # the weights are fine; the optimizer state is read only to resume
+    with pytest.raises(ModelFileError, match="holds NaN/inf values"):
+        xpnn.load_checkpoint(path)

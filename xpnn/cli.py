@@ -277,6 +277,8 @@ def _classes(model: Any) -> list[str]:
 
 
 def _require_model_file(path: str) -> None:
+    if Path(path).exists() and not Path(path).is_file():
+        raise CLIError(f"model file {path} is not a regular file (a folder, a FIFO or a device)")
     if not Path(path).is_file():
         raise CLIError(f"model file {path} does not exist; pass the model.npz (or checkpoint.npz) that `xpnn train` "
                        f"wrote into its output folder")
@@ -614,8 +616,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = _load_model(args.model, device)
     spec, classes = _input_spec(model), _classes(model)
     for image in args.images:
-        if not Path(image).is_file():
+        if not Path(image).exists():
             raise CLIError(f"image {image} does not exist")
+        if not Path(image).is_file():
+            raise CLIError(f"image {image} is not a regular file (a folder, a FIFO or a device)")
     x = np.stack([load_image(image, size=tuple(spec["size"]), color=spec["color"]) for image in args.images])
     probs = _scores(model, x, args.batch_size)
     k = min(args.top_k, len(classes))

@@ -107,6 +107,8 @@ class _Archive:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"model file {str(self.path)!r} does not exist")
+        if not self.path.is_file():  # a folder, a FIFO (opening it would block), a device
+            raise ModelFileError(f"{self.path} is not a regular file, so not a model file")
         try:
             self.zip = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
@@ -184,9 +186,12 @@ class _Archive:
                 array = np.lib.format.read_array(f, allow_pickle=False)
                 if f.read(1):  # reaching the end is also what makes zipfile check the CRC
                     raise ValueError("more data than the array header declares")
-            return array
         except _READ_ERRORS as exc:
             raise self.error(f"the array {name!r} is damaged ({type(exc).__name__}: {exc})") from exc
+        if name.startswith(("model/", "optim/")) and array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise self.error(f"the array {name!r} holds NaN/inf values; xpnn never writes such weights, so the "
+                             f"file is damaged")
+        return array
 
     def weight_bytes(self) -> int:
         """Bytes stored for the model's weights: the most rebuilding its architecture may allocate."""

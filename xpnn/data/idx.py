@@ -49,6 +49,8 @@ class _Source:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        if path.exists() and not path.is_file():  # a FIFO would block, /dev/zero never end
+            raise DataError(f"{path} is not a regular file, so not an IDX file")
         self.raw = path.read_bytes()
         self.compressed = self.raw.startswith(_GZIP_MAGIC)
         self.where = f"{path} (after gunzip)" if self.compressed else str(path)

@@ -242,10 +242,13 @@ def test_resume_from_damaged_checkpoint_or_run_record(checkpoint, tmp_path, caps
         code = cli.main(["train", "--resume", str(run), "--epochs", "3", "--device", "cpu"])
         err = capsys.readouterr().err
         assert code == 2 and f"{run / 'checkpoint.npz'}" in err and f"{key} is missing" in err, err
-    rewrite(checkpoint, run / "checkpoint.npz", set_in(["metadata", "rng_state"], {"state": 5}))
-    code = cli.main(["train", "--resume", str(run), "--epochs", "3", "--device", "cpu"])
-    err = capsys.readouterr().err
-    assert code == 2 and "random-generator state" in err and "Traceback" not in err, err
+    for damage in (set_in(["metadata", "rng_state"], {"state": 5}),
+                   set_in(["metadata", "history"], {"epoch": [1, 2], "loss": [0.5]}),
+                   set_in(["metadata", "history"], {"epoch": [1], "loss": ["low"]})):
+        rewrite(checkpoint, run / "checkpoint.npz", damage)
+        code = cli.main(["train", "--resume", str(run), "--epochs", "3", "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert code == 2 and "random-generator state or history is damaged" in err and err.count("\n") == 1, err
     rewrite(checkpoint, run / "checkpoint.npz")
     (run / "run.json").write_text('{"commands": [')
     code = cli.main(["train", "--resume", str(run), "--epochs", "3", "--device", "cpu"])

@@ -53,6 +53,13 @@ class History:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "History":
+        """The inverse of :meth:`to_dict` (``null`` read back as NaN); ValueError if ``data`` is not
+        one list per metric, each as long as the list of epochs."""
+        epochs = data.get("epoch", [])
+        if not isinstance(epochs, list) or any(
+                not isinstance(values, list) or len(values) != len(epochs)
+                or not all(v is None or isinstance(v, (int, float)) for v in values) for values in data.values()):
+            raise ValueError("a history must hold one list of numbers per metric, each as long as its list of epochs")
         history = cls()
         history.epochs = [int(e) for e in data.get("epoch", [])]
         history.history = {k: [math.nan if v is None else float(v) for v in vals]

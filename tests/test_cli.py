@@ -319,7 +319,7 @@ def test_error_model_files_that_do_not_fit(fashion_run, catdog_run, tmp_path):
     assert_user_error(xpnn_cmd("info", newer, check=False), "newer xpnn", "upgrade")
 
     def unknown_layer(header):
-        header["architecture"]["layers"][0]["type"] = "Conv3D"
+        header["architecture"]["config"]["layers"][0]["type"] = "Conv3D"
     alien = tmp_path / "alien.npz"
     _rewrite_header(model, alien, unknown_layer)
     assert_user_error(xpnn_cmd("evaluate", alien, check=False), "cannot rebuild the architecture", "Conv3D")

@@ -177,8 +177,8 @@ class Layer:
 
     def _name_tree(self) -> None:
         """Give every layer inside its path and every parameter its dotted name, relative to this
-        layer; refuse a layer object placed twice (its parameters would have two names, and a
-        second backprop through the same closure-free object is not what users mean)."""
+        layer. A layer object placed twice is refused: its parameters would need one name per
+        place in ``state_dict``, optimizer state and model files, and be saved twice."""
         seen: dict[int, str] = {}
         for path, layer in self.walk():
             if id(layer) in seen:

@@ -144,8 +144,8 @@ def main() -> None:
     x_fashion, y_fashion, source = fashion(not args.sample)
     if args.limit:
         x_fashion, y_fashion, source = x_fashion[:args.limit], y_fashion[:args.limit], f"{args.limit} images of {source}"
-    print(f"xpnn {xpnn.__version__}, NumPy {np.__version__}; model {args.model}; pretraining on {source} for "
-          f"{args.pretrain_epochs} epochs; {len(x_digits)} labelled digits, {len(x_test)} held out", flush=True)
+    print(f"xpnn {xpnn.__version__}, NumPy {np.__version__}; model {args.model}; {len(x_digits)} labelled digits, "
+          f"{len(x_test)} held out", flush=True)
     started = time.perf_counter()
     if args.pretrained and args.pretrained.is_file():
         pretrained_model = xpnn.load(args.pretrained)
@@ -154,7 +154,8 @@ def main() -> None:
         pretrained_model = new_model(args.model, 0)
         pretrained_model.fit(x_fashion, y_fashion, optimizer={"name": "adam", "lr": 1e-3},
                              epochs=args.pretrain_epochs, batch_size=64, seed=0, verbose=0)
-        print(f"pretrained in {time.perf_counter() - started:.0f} s", flush=True)
+        print(f"pretrained on {source} for {args.pretrain_epochs} epochs in {time.perf_counter() - started:.0f} s",
+              flush=True)
         if args.pretrained:
             xpnn.save(pretrained_model, args.pretrained)
     pretrained = pretrained_model.state_dict()

@@ -28,6 +28,11 @@ A later day, same script, ``--repeats 5`` (GEMM peak 229 GFLOP/s; MaxPool2D's se
 and the transposed weight-gradient matmul in): 25,384 / 22,756 samples/s (1.12x), 1,694 / 3,049
 (0.56x), 237 / 398 (0.60x), and the Fashion CNN with BatchNorm 1,227 / 2,134 (0.57x).
 
+The ResNet workload (``zoo.resnet``: Residual blocks with projection shortcuts, 3x64x64, batch
+64) on a heavily shared day (GEMM peak 38-44 GFLOP/s): 3 / 5 samples/s (0.47x) with the cat/dog
+CNN at 0.33x in the same run, then 4 / 10 (0.44x); peak memory 1,450 / 615 MiB (xpnn keeps each
+convolution's im2col matrix for its backward). ``--breakdown`` skips it (it nests).
+
 ``--breakdown`` times each layer inside real steps (every array fresh, as in training) and the
 step's matmuls alone at the same shapes. Right after that table: the Fashion CNN step took 82 ms
 (PyTorch 50 ms), its matmuls alone 27 ms, its 32->64 convolution 18 ms forward + 26 ms backward

@@ -133,7 +133,7 @@ def _rebuild(architecture: dict[str, Any], device: "backend.Device | str | None"
 
 
 def _is_spec(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) == {"type", "config"}
+    return isinstance(value, dict) and set(value) == {"type", "config"} and isinstance(value["config"], dict)
 
 
 def _spec_differences(saved: Any, ours: dict[str, Any], path: str) -> list[str]:

@@ -28,6 +28,11 @@ A later day, same script, ``--repeats 5`` (GEMM peak 229 GFLOP/s; MaxPool2D's se
 and the transposed weight-gradient matmul in): 25,384 / 22,756 samples/s (1.12x), 1,694 / 3,049
 (0.56x), 237 / 398 (0.60x), and the Fashion CNN with BatchNorm 1,227 / 2,134 (0.57x).
 
+The ResNet workload (``zoo.resnet``: Residual blocks with projection shortcuts, 3x64x64, batch
+64) on a heavily shared day (GEMM peak 38-44 GFLOP/s): 3 / 5 samples/s (0.47x) with the cat/dog
+CNN at 0.33x in the same run, then 4 / 10 (0.44x); peak memory 1,450 / 615 MiB (xpnn keeps each
+convolution's im2col matrix for its backward). ``--breakdown`` skips it (it nests).
+
 ``--breakdown`` times each layer inside real steps (every array fresh, as in training) and the
 step's matmuls alone at the same shapes. Right after that table: the Fashion CNN step took 82 ms
 (PyTorch 50 ms), its matmuls alone 27 ms, its 32->64 convolution 18 ms forward + 26 ms backward
@@ -64,7 +69,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import common  # noqa: E402
 import xpnn  # noqa: E402
 from xpnn import layers as L  # noqa: E402
-from xpnn import losses, optim  # noqa: E402
+from xpnn import losses, optim, zoo  # noqa: E402
 
 LR = 0.01
 PAUSE = 0.3  # seconds between timed runs, so the other library's idle threads have stopped spinning
@@ -83,15 +88,20 @@ WORKLOADS = {
     "fashion-bn": ((1, 28, 28), 128, 10, [
         ("conv", 1, 32, "same", False), ("bn", 32), ("relu",), ("pool",), ("conv", 32, 64, "same", False),
         ("bn", 64), ("relu",), ("pool",), ("flatten",), ("linear", 3136, 128), ("relu",), ("linear", 128, 10)]),
+    # zoo.resnet's default: stem conv + BN, four stages of one basic block (32-64-128-256), Residual
+    # containers with projection shortcuts, global average pooling, Dropout(0.2), Linear
+    "resnet": ((3, 64, 64), 64, 2, "zoo.resnet"),
 }
 TITLES = {"mnist": "tutorial MNIST CNN", "fashion": "Fashion CNN", "catdog": "cat/dog CNN 3x64x64",
-          "fashion-bn": "Fashion CNN + BN"}
+          "fashion-bn": "Fashion CNN + BN", "resnet": "ResNet 3x64x64"}
 
 
 # --------------------------------------------------------------------------- the two models
 
 
-def xpnn_model(specs: list) -> xpnn.Sequential:
+def xpnn_model(specs: "list | str", shape: tuple, classes: int) -> xpnn.Sequential:
+    if specs == "zoo.resnet":
+        return zoo.resnet(shape, classes)
     made = []
     for kind, *args in specs:
         if kind == "conv":
@@ -105,46 +115,77 @@ def xpnn_model(specs: list) -> xpnn.Sequential:
     return xpnn.Sequential(made)
 
 
-def torch_model(specs: list, model: xpnn.Sequential, device: str):
-    """The same network in PyTorch, with ``model``'s initial weights."""
+def torch_model(model: xpnn.Sequential, device: str):
+    """The same network in PyTorch, with ``model``'s initial weights: each xpnn layer becomes its
+    torch.nn counterpart, a Residual a module adding its two branches."""
     import torch
 
     nn = torch.nn
-    made = []
-    for (kind, *args), layer in zip(specs, model.layers):
-        if kind == "conv":
-            module = nn.Conv2d(args[0], args[1], 3, padding=args[2], bias=layer.bias is not None)
-            module.weight.data = torch.from_numpy(xpnn.to_numpy(layer.weight.value).copy())
-        elif kind == "linear":
-            module = nn.Linear(*args)
-            module.weight.data = torch.from_numpy(xpnn.to_numpy(layer.weight.value).T.copy())
-        elif kind == "bn":
-            made.append(nn.BatchNorm2d(args[0], eps=layer.eps, momentum=layer.momentum))
-            continue
+
+    class TorchResidual(nn.Module):
+        def __init__(self, body, shortcut, activation) -> None:
+            super().__init__()
+            self.body, self.shortcut, self.activation = body, shortcut or nn.Identity(), activation or nn.Identity()
+
+        def forward(self, x):
+            return self.activation(self.body(x) + self.shortcut(x))
+
+    def weight(param, transpose: bool = False):
+        value = xpnn.to_numpy(param.value)
+        return nn.Parameter(torch.from_numpy((value.T if transpose else value).copy()))
+
+    def convert(layer):
+        if isinstance(layer, L.Sequential):
+            return nn.Sequential(*map(convert, layer.layers))
+        if isinstance(layer, L.Residual):
+            return TorchResidual(convert(layer.body), layer.shortcut and convert(layer.shortcut),
+                                 layer.activation and convert(layer.activation))
+        if isinstance(layer, L.Conv2D):
+            config = layer.config()
+            module = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                               padding=config["padding"], dilation=layer.dilation, bias=layer.bias is not None)
+            module.weight = weight(layer.weight)
+        elif isinstance(layer, L.Linear):
+            module = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+            module.weight = weight(layer.weight, transpose=True)
+        elif isinstance(layer, L.BatchNorm2D):
+            return nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+        elif isinstance(layer, L.MaxPool2D):
+            return nn.MaxPool2d(layer.kernel_size, layer.stride)
+        elif isinstance(layer, L.GlobalAvgPool2D):
+            return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        elif isinstance(layer, L.Dropout):
+            return nn.Dropout(layer.p)
         else:
-            made.append({"relu": nn.ReLU, "pool": lambda: nn.MaxPool2d(2), "flatten": nn.Flatten}[kind]())
-            continue
+            return {L.ReLU: nn.ReLU, L.Flatten: nn.Flatten}[type(layer)]()
         if layer.bias is not None:
-            module.bias.data = torch.from_numpy(xpnn.to_numpy(layer.bias.value).copy())
-        made.append(module)
-    return nn.Sequential(*made).to(device)
+            module.bias = weight(layer.bias)
+        return module
+
+    return convert(model).to(device)
 
 
-def step_flops(shape: tuple, batch: int, specs: list) -> float:
+def step_flops(model: xpnn.Sequential, shape: tuple, batch: int) -> float:
     """Matmul work of one training step: forward, weight gradients, and input gradients for
-    every layer but the first."""
-    c, h, w = shape
-    total = 0.0
-    for index, (kind, *args) in enumerate(specs):
-        passes = 3 if index else 2
-        if kind == "conv":
-            pad = 1 if args[2] == "same" else 0
-            h, w, c = h + 2 * pad - 2, w + 2 * pad - 2, args[1]
-            total += passes * 2.0 * batch * h * w * c * args[0] * 9
-        elif kind == "pool":
-            h, w = h // 2, w // 2
-        elif kind == "linear":
-            total += passes * 2.0 * batch * args[0] * args[1]
+    every layer but the first with parameters."""
+    total, first = 0.0, True
+
+    def visit(layer, in_shape: tuple) -> None:
+        nonlocal total, first
+        children = layer.child_inputs(in_shape)
+        for _, child, child_shape in children:
+            visit(child, child_shape)
+        if children or not layer.param_names:
+            return
+        passes = 2 if first else 3
+        first = False
+        out = layer.output_shape(in_shape)
+        if isinstance(layer, L.Conv2D):
+            total += passes * 2.0 * float(np.prod(out)) * layer.in_channels * int(np.prod(layer.kernel_size))
+        elif isinstance(layer, L.Linear):
+            total += passes * 2.0 * out[0] * layer.in_features * layer.out_features
+
+    visit(model, (batch, *shape))
     return total
 
 
@@ -167,11 +208,11 @@ def xpnn_step(name: str, device: str):
     shape, batch, classes, specs = WORKLOADS[name]
     xpnn.seed(0)
     with xpnn.use_device(device):
-        model = xpnn_model(specs)
+        model = xpnn_model(specs, shape, classes)
     x_host, y_host = make_batch(shape, batch, classes)
     x, y = xpnn.to_device(x_host, device), xpnn.to_device(y_host, device)
     loss = losses.CrossEntropy() if classes > 1 else losses.BinaryCrossEntropy()
-    params = model.parameters()
+    params = model.trainable_parameters()
     sgd = optim.SGD(lr=LR)
     sync = _synchronizer(device)
 
@@ -192,7 +233,7 @@ def torch_step(name: str, device: str, model: xpnn.Sequential):
 
     shape, batch, classes, specs = WORKLOADS[name]
     torch_device = "cuda" if device.startswith("gpu") else "cpu"
-    net = torch_model(specs, model, torch_device)
+    net = torch_model(model, torch_device)
     x_host, y_host = make_batch(shape, batch, classes)
     x, y = torch.from_numpy(x_host).to(torch_device), torch.from_numpy(y_host).to(torch_device)
     criterion = torch.nn.CrossEntropyLoss() if classes > 1 else torch.nn.BCEWithLogitsLoss()
@@ -352,7 +393,7 @@ def layer_breakdown(name: str, device: str, repeats: int, torch) -> dict:
     loss = losses.CrossEntropy() if classes > 1 else losses.BinaryCrossEntropy()
     sync = _synchronizer(device)
     order = model._order
-    first = model._first_trainable
+    first = model.first_trainable()
     runs = max(repeats, 3) * 4
     forward, backward = np.zeros((runs, len(order))), np.zeros((runs, len(order)))
     for run in range(runs + 3):
@@ -432,6 +473,9 @@ def main() -> None:
 
     if args.breakdown:
         for name in args.only or list(WORKLOADS):
+            if isinstance(WORKLOADS[name][3], str):
+                print(f"\n{TITLES[name]}: no breakdown (it times the layers of a flat list; this network nests)")
+                continue
             print_breakdown(name, child(["breakdown", name], args))
         return
     peak = child(["peak"], args)
@@ -446,7 +490,7 @@ def main() -> None:
     libraries = ["xpnn", "torch"] if torch else ["xpnn"]
     for name in args.only or list(WORKLOADS):
         shape, batch, classes, specs = WORKLOADS[name]
-        flops = step_flops(shape, batch, specs)
+        flops = step_flops(xpnn_model(specs, shape, classes), shape, batch)
         timings = child(["time", name], args) + [None]
         memory = ["-"] * 2 if args.no_memory else \
             [f"{child(['memory', library, name], args) / 2 ** 20:.0f}" for library in libraries] + ["-"]

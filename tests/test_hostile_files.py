@@ -78,7 +78,7 @@ def set_in(path: list, value: Any) -> Callable[[dict], None]:
 
 
 def first_linear(head: dict) -> dict:
-    return next(layer for layer in head["architecture"]["layers"] if layer["type"] == "Linear")
+    return next(layer for layer in head["architecture"]["config"]["layers"] if layer["type"] == "Linear")
 
 
 def huge_linear(n: int) -> Callable[[dict], None]:
@@ -99,7 +99,7 @@ DAMAGED_MODEL_FILES = [
     ("header-is-a-list", lambda h: [h], None, "must be a JSON object"),
     ("header-is-a-number", lambda h: "5", None, "must be a JSON object"),
     ("architecture-is-a-string", set_in(["architecture"], "mlp"), None, "architecture must be an object"),
-    ("layers-is-a-number", set_in(["architecture", "layers"], 5), None, "cannot rebuild the architecture"),
+    ("layers-is-a-number", set_in(["architecture", "config", "layers"], 5), None, "cannot rebuild the architecture"),
     ("layer-without-config", lambda h: first_linear(h).pop("config") and None, None,
      "cannot rebuild the architecture"),
     ("unknown-layer", lambda h: first_linear(h).update(type="Evil") or None, None, "unknown layer type 'Evil'"),

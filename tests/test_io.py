@@ -44,7 +44,7 @@ def test_file_is_plain_npz_without_pickles(tmp_path):
     with np.load(path, allow_pickle=False) as data:
         header = json.loads(str(data["__xpnn__"]))
         assert all(data[k].dtype != object for k in data.files)
-    assert header["format"] == "xpnn-model" and header["architecture"]["layers"][0]["type"] == "Linear"
+    assert header["format"] == "xpnn-model" and header["architecture"]["config"]["layers"][0]["type"] == "Linear"
 
 
 def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
@@ -127,7 +127,7 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path):
 
 def test_unknown_layer_type(tmp_path):
     path = xpnn.save(small_model(), tmp_path / "m.npz")
-    _rewrite(path, lambda h, a: h["architecture"]["layers"][1].update(type="Mystery"))
+    _rewrite(path, lambda h, a: h["architecture"]["config"]["layers"][1].update(type="Mystery"))
     with pytest.raises(ModelFileError, match="cannot rebuild the architecture: unknown layer type 'Mystery'"):
         xpnn.load(path)
 

@@ -28,7 +28,7 @@ from . import __version__, backend, metrics, zoo
 from .data import datasets
 from .errors import TrainingDivergedError
 from .files import atomic_write, json_text, write_json
-from .io import load, load_checkpoint, save
+from .io import load, load_checkpoint, load_weights, save
 from .train import Callback, History, predict
 
 __all__ = ["main", "build_parser", "CLIError"]
@@ -43,7 +43,7 @@ SCALE = "unit"
 #: training settings: the defaults, and (all but epochs) what a resumed run must keep
 DEFAULTS: dict[str, Any] = {"data": SAMPLE, "model": "cnn", "image_size": None, "color": None, "epochs": 3,
                             "batch_size": 64, "optimizer": "adam", "lr": None, "seed": 0, "augment": False,
-                            "val_split": 0.1, "limit": None}
+                            "val_split": 0.1, "limit": None, "init_from": None, "freeze": False}
 
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -418,6 +418,39 @@ def _training_data(settings: dict[str, Any]) -> tuple[Dataset, Split, Split | No
     return data, (x_train[train_idx], y_train[train_idx]), (x_train[val_idx], y_train[val_idx]), (x_test, y_test)
 
 
+def _init_from(model: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Start ``model`` from every weight of ``--init-from`` whose path and shape match; with
+    ``--freeze``, freeze each layer that was loaded whole. Prints and returns what it did."""
+    source = settings["init_from"]
+    if source is None:
+        if settings["freeze"]:
+            raise CLIError("--freeze needs --init-from MODEL.npz: it freezes the weights loaded from that file")
+        return None
+    _require_model_file(source)
+    try:
+        report = load_weights(source, model, strict=False)
+    except ValueError as exc:
+        raise CLIError(f"--init-from {source}: {_one_line(exc)}; it shares no layer (same path and shape) with "
+                       f"the {settings['model']!r} model built for this data, so there is nothing to start from") from exc
+    loaded = set(report.loaded)
+    whole = [path for path, layer in model.walk() if not layer.children() and layer.state()
+             and all((f"{path}.{name}" if path else name) in loaded for name in layer.state())]
+    if settings["freeze"]:
+        layers = dict(model.walk())
+        for path in whole:
+            layers[path].trainable = False
+        if not model.parameters(trainable=True):
+            raise CLIError(f"--freeze: every layer of the new model was loaded from {source}, so nothing is left to "
+                           f"train; leave out --freeze to fine-tune all of it")
+    left = [*report.missing, *(f"{name} (saved {saved}, model {mine})" for name, saved, mine in report.mismatched)]
+    print(f"init from {source}: loaded {len(report.loaded)} arrays ({len(whole)} layers: {', '.join(whole)})"
+          f"{'; frozen' if settings['freeze'] else ''}", flush=True)
+    print(f"left as initialised: {', '.join(left) if left else 'nothing'}"
+          f"{f'; not used from the file: {len(report.unexpected)} arrays' if report.unexpected else ''}", flush=True)
+    return {"file": str(Path(source).resolve()), "loaded": report.loaded, "left": left,
+            "unused": report.unexpected, "frozen": whole if settings["freeze"] else []}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     started = time.time()
     out = _output_folder(args)
@@ -446,6 +479,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .optim import get_optimizer
         model = zoo.build(settings["model"], x_train.shape[1:], len(data.classes))
         model.loss = zoo.loss_for(model)
+        init = _init_from(model, settings)
         optimizer = get_optimizer(settings["optimizer"], **({} if settings["lr"] is None else {"lr": settings["lr"]}))
         settings["lr"] = optimizer.lr
         out.mkdir(parents=True, exist_ok=True)
@@ -454,13 +488,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                           "scale": SCALE},
                 "data": {"source": data.source, "train": len(x_train),
                          "validation": 0 if validation is None else len(validation[0]), "test": len(x_test)},
-                "versions": _versions()}
+                "versions": _versions(), "init_from": meta.get("init_from") if args.resume else init}
     checkpoint = _Checkpoint(out / CHECKPOINT_FILE, optimizer, {**metadata, "epoch": initial_epoch}, out)
     if not args.resume:
         checkpoint.model, model.history = model, History()
         checkpoint.on_epoch_end(-1, {})
     run = _run_record(out, args, settings, metadata, device, started)
-    print(f"xpnn {__version__}: training {settings['model']} ({model.count_params():,} parameters) on {device.name}"
+    frozen = model.count_params(trainable=False)
+    print(f"xpnn {__version__}: training {settings['model']} ({model.count_params():,} parameters"
+          f"{f', {frozen:,} frozen' if frozen else ''}) on {device.name}"
           f"{f' ({note})' if note else ''}", flush=True)
     print(f"data: {data.source}: {len(x_train):,} train / {metadata['data']['validation']:,} validation / "
           f"{len(x_test):,} test images, {'x'.join(map(str, x_train.shape[1:]))}, {len(data.classes)} classes",
@@ -558,6 +594,7 @@ def _run_record(out: Path, args: argparse.Namespace, settings: dict[str, Any], m
             "cwd": os.getcwd(), "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
             "device": device.name, "versions": metadata["versions"], "settings": settings,
             "model": {"name": settings["model"], "file": MODEL_FILE, "checkpoint": CHECKPOINT_FILE},
+            "init_from": metadata.get("init_from"),
             "data": {**metadata["data"], "classes": metadata["classes"], "input": metadata["input"]}}
 
 
@@ -779,6 +816,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use only the first N training and N test images (quick trials)")
     train.add_argument("--out", metavar="DIR", help="output folder (default runs/<date>-<time>)")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    train.add_argument("--init-from", metavar="MODEL.npz",
+                       help="start from every weight of MODEL.npz whose path and shape match the new model (fine-tuning: "
+                            "a new head for another number of classes stays freshly initialised)")
+    train.add_argument("--freeze", action="store_true", default=None,
+                       help="with --init-from: train only what was not loaded (the loaded layers stay frozen)")
     train.add_argument("--quiet", action="store_true", help="one log line per epoch instead of a progress bar")
     train.set_defaults(func=cmd_train)
 

@@ -276,7 +276,7 @@ class DataParallel:
         if loader.batch_size < self.size and self.is_main:
             warnings.warn(f"batch_size {loader.batch_size} is smaller than the {self.size} ranks: some ranks "
                           f"have no samples in every step", stacklevel=3)
-        params = model.parameters()
+        params = model.parameters(trainable=True)  # frozen parameters get no gradient: nothing to all-reduce
 
         def idle_step() -> None:
             self.reduce_gradients(params, 0)
@@ -292,13 +292,14 @@ class DataParallel:
     def check_agreement(self, model: Any, settings: dict[str, Any]) -> None:
         """Raise :class:`DistributedError` on every rank, naming the ranks, if models or settings differ.
 
-        Models are compared by a hash of ``model.config()`` and the shapes and dtypes of its arrays.
+        Models are compared by a hash of ``model.config()``, the shapes and dtypes of its arrays
+        and which parameters are frozen.
         """
-        state = [[f"{i}.{name}", list(v.shape), backend.dtype_name(v.dtype)]
-                 for i, layer in enumerate(model.layers) for name, v in layer.state().items()]
-        text = json.dumps({"config": model.config(), "state": state}, sort_keys=True, default=str)
+        state = [[key, list(v.shape), backend.dtype_name(v.dtype)] for key, v in model.named_state().items()]
+        frozen = [p.name for p in model.parameters(trainable=False)]
+        text = json.dumps({"config": model.config(), "state": state, "frozen": frozen}, sort_keys=True, default=str)
         fingerprint = hashlib.sha256(text.encode()).hexdigest()
-        summary = ", ".join(layer.describe().split(" (layer")[0] for layer in model.layers) + f" ({model.dtype})"
+        summary = ", ".join(layer._title() for layer in model.layers) + f" ({model.dtype}, {len(frozen)} frozen)"
         mine = (fingerprint, summary, json.dumps(settings, sort_keys=True, default=str))
         gathered = self.mpi.allgather(mine)
         for key, shown, what in ((0, 1, "model architectures"), (2, 2, "training settings")):
@@ -424,9 +425,10 @@ class DataParallel:
     # ---- per epoch ----------------------------------------------------------------------
 
     def end_epoch(self, model: Any) -> None:
-        """Average floating-point buffers (BatchNorm running statistics) over ranks."""
-        found = [(layer, name, value) for layer in model.layers for name, value in layer.buffers().items()
-                 if backend.dtype_name(value.dtype).startswith("float")]
+        """Average floating-point buffers (BatchNorm running statistics) over ranks; a frozen layer's
+        stay as they are (training does not change them)."""
+        found = [(layer, name, value) for _, layer in model.walk() if layer.trainable
+                 for name, value in layer.buffers().items() if backend.dtype_name(value.dtype).startswith("float")]
         if not found:
             return
         host = [np.asarray(backend.to_numpy(value), dtype=np.float64).ravel() for _, _, value in found]

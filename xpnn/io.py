@@ -1,7 +1,10 @@
 """Save and load models: an ``.npz`` of host arrays plus a JSON header; never pickle.
 
 The header (``__xpnn__``) holds the format version, the architecture (layer types and
-constructor arguments), the loss, optional optimizer state and free metadata. Files are written
+constructor arguments, nested: a container's config holds its children), the paths of frozen
+layers, the loss, optional optimizer state and free metadata. Arrays are keyed by dotted path
+(``model/3.body.0.weight``). Format 1 (xpnn 0.1 before nested models) stored a flat layer list;
+it still loads. Files are written
 to a temporary file and renamed, so a crash never leaves half a model; loading uses
 ``allow_pickle=False``, so opening a file never runs code. Arrays are stored on the host, so a
 model saved on a GPU loads on a CPU and the other way round.
@@ -21,13 +24,16 @@ from . import __version__, backend
 from .errors import ModelFileError
 from .init import placeholders
 from .files import atomic_write, json_text
+from .layers.base import LoadReport, layer_from_spec, layer_spec
 from .losses import get_loss
 from .model import Sequential
 
-__all__ = ["save", "load", "load_checkpoint", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "load_weights", "load_checkpoint", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "xpnn-model"
-FORMAT_VERSION = 1
+#: 2: nested architecture (``{"type": "Sequential", "config": {"layers": [...]}}``) and frozen paths;
+#: 1: a flat ``{"layers": [...]}`` list
+FORMAT_VERSION = 2
 _HEADER = "__xpnn__"
 
 
@@ -70,7 +76,8 @@ def save(model: Sequential, path: "str | os.PathLike[str]", *, optimizer: Any = 
     arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
     header: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "xpnn_version": __version__,
-        "architecture": model.config(), "input_shape": list(model.input_shape) if model.input_shape else None,
+        "architecture": layer_spec(model), "input_shape": list(model.input_shape) if model.input_shape else None,
+        "frozen": [path for path, layer in model.walk() if not layer.children() and not layer.trainable],
         "dtype": model.dtype, "saved_from": model.device.name,
         "loss": None if model.loss is None else {"type": type(model.loss).__name__, "config": model.loss.config()},
         "metadata": _split_arrays(metadata or {}, "meta", arrays),
@@ -199,7 +206,7 @@ class _Archive:
 
     def weights(self, model: Sequential) -> dict[str, np.ndarray]:
         """The arrays ``model``'s state names, each checked against the model's shape before reading."""
-        expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+        expected = {key: tuple(value.shape) for key, value in model.named_state().items()}
         stored = {name[len("model/"):] for name in self.members if name.startswith("model/")}
         missing, extra = sorted(set(expected) - stored), sorted(stored - set(expected))
         if missing or extra:
@@ -210,6 +217,19 @@ class _Archive:
                 raise self.error(f"weights do not match the architecture: {key} is {declared} {dtype} in the file, "
                                  f"the architecture needs {shape}")
         return {key: self.read(f"model/{key}") for key in expected}
+
+    def matching_weights(self, model: Sequential) -> dict[str, Any]:
+        """Every weight in the file: those whose name and declared shape fit ``model`` are read;
+        the others are zero-byte stand-ins with the declared shape (for the load report), never read."""
+        expected = {key: tuple(value.shape) for key, value in model.named_state().items()}
+        out: dict[str, Any] = {}
+        for name in self.members:
+            if name.startswith("model/"):
+                key = name[len("model/"):]
+                shape, dtype = self.declared(name)
+                fits = expected.get(key) == shape and dtype.kind in "fiu"
+                out[key] = self.read(name) if fits else np.broadcast_to(np.zeros((), dtype), shape)
+        return out
 
     def join(self, tree: Any) -> Any:
         """``tree`` with each ``{"__array__": name}`` reference replaced by that array."""
@@ -281,17 +301,15 @@ def _depth(tree: Any) -> int:
     return deepest
 
 
-def _architecture_differences(saved: dict[str, Any], model: Sequential) -> list[str]:
-    ours = model.config()["layers"]
-    theirs = saved["layers"]
-    diffs = []
-    if len(ours) != len(theirs):
-        diffs.append(f"the file has {len(theirs)} layers, the model {len(ours)}")
-    for i, (a, b) in enumerate(zip(theirs, ours)):
-        if a["type"] != b["type"] or {k: v for k, v in a["config"].items() if k != "dtype"} != \
-                {k: v for k, v in b["config"].items() if k != "dtype"}:
-            diffs.append(f"layer {i}: file has {a['type']}({a['config']}), model has {b['type']}({b['config']})")
-    return diffs
+def _architecture(archive: "_Archive") -> dict[str, Any]:
+    """The file's architecture as a format-2 layer spec (a format-1 flat list becomes a Sequential)."""
+    header = archive.header
+    architecture = header.get("architecture")
+    if header.get("format_version") == 1:
+        architecture = {"type": "Sequential", "config": architecture}
+    if not isinstance(architecture, dict) or architecture.get("type") != "Sequential":
+        raise archive.error(f"the architecture must be a Sequential, got {str(architecture)[:80]}")
+    return architecture
 
 
 def _rebuild(archive: _Archive, device: "backend.Device | str | None") -> Sequential:
@@ -300,27 +318,78 @@ def _rebuild(archive: _Archive, device: "backend.Device | str | None") -> Sequen
     target = backend.resolve(device)
     try:
         with backend.use_device(target), backend.preserved_rng(), placeholders(archive.weight_bytes()):
-            return Sequential.from_config(archive.header["architecture"])
+            return layer_from_spec(_architecture(archive))  # type: ignore[return-value]
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as exc:
         raise archive.error(f"cannot rebuild the architecture: {exc}") from exc
+
+
+def _is_spec(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"type", "config"} and isinstance(value["config"], dict)
+
+
+def _spec_differences(saved: Any, ours: dict[str, Any], path: str) -> list[str]:
+    """Where two layer specs differ, by path: a differing type or setting ends the descent; a
+    container's children are compared one by one (by index in a list, by name otherwise)."""
+    where = f"layer {path}" if path else "the model"
+    if not _is_spec(saved):
+        return [f"{where}: the file's entry is not a layer ({str(saved)[:60]})"]
+    if saved["type"] != ours["type"]:
+        return [f"{where}: file has {saved['type']}({_settings(saved)}), model has {ours['type']}({_settings(ours)})"]
+    diffs: list[str] = []
+    mine, theirs = ours["config"], saved["config"]
+    for key in [*mine, *(k for k in theirs if k not in mine)]:
+        a, b = theirs.get(key), mine.get(key)
+        child = f"{path}.{key}" if path else key
+        if isinstance(b, list) and b and all(_is_spec(v) for v in b) and isinstance(a, list):
+            if len(a) != len(b):
+                diffs.append(f"{where}: the file has {len(a)} layers, the model {len(b)}")
+            for i, (sa, sb) in enumerate(zip(a, b)):
+                diffs += _spec_differences(sa, sb, f"{path}.{i}" if path else str(i))
+        elif _is_spec(b) and _is_spec(a):
+            diffs += _spec_differences(a, b, child)
+        elif _is_spec(a) or _is_spec(b):
+            diffs.append(f"layer {child}: file has {_brief(a)}, model has {_brief(b)}")
+        elif key != "dtype" and a != b:
+            return [f"{where}: file has {saved['type']}({_settings(saved)}), model has {ours['type']}({_settings(ours)})"]
+    return diffs
+
+
+def _settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """A leaf layer's settings for messages; a container's children are summarised, not listed."""
+    return {k: v for k, v in spec["config"].items() if not (_is_spec(v) or isinstance(v, list) and v and _is_spec(v[0]))}
+
+
+def _brief(value: Any) -> str:
+    return f"{value['type']}(...)" if _is_spec(value) else "nothing"
+
+
+def _load_arrays(archive: _Archive, model: Sequential, strict: bool) -> LoadReport:
+    """Load the file's weights into ``model`` (see ``Layer.load_state_dict``): arrays whose name and
+    shape fit are read; the others are never read, only their declared shapes reported."""
+    arrays = archive.weights(model) if strict else archive.matching_weights(model)
+    try:
+        return model.load_state_dict(arrays, strict=strict)
+    except ValueError as exc:
+        raise archive.error(f"weights do not match the architecture: {exc}") from exc
 
 
 def _load(archive: _Archive, device: "backend.Device | str | None", model: Sequential | None) -> Sequential:
     header = archive.header
     if model is None:
         model = _rebuild(archive, device)
+        _load_arrays(archive, model, strict=True)
+        layers = dict(model.walk())
+        for frozen in header.get("frozen", []):
+            if frozen in layers:
+                layers[frozen].trainable = False
     else:
-        try:
-            diffs = _architecture_differences(header["architecture"], model)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise archive.error(f"the architecture in the header is malformed ({type(exc).__name__}: {exc})") from exc
+        diffs = _spec_differences(_architecture(archive), layer_spec(model), "")
         if diffs:
             raise ModelFileError(f"{archive.path} does not match the model: " + "; ".join(diffs))
+        _load_arrays(archive, model, strict=True)
         if device is not None:
             model.to(device)
-    weights = archive.weights(model)
     try:
-        model.load_state_dict(weights)
         if header.get("input_shape"):
             model.build(header["input_shape"])
     except ValueError as exc:
@@ -345,6 +414,16 @@ def load(path: "str | os.PathLike[str]", device: "backend.Device | str | None" =
     """
     with _Archive(path) as archive:
         return _load(archive, device, model)
+
+
+def load_weights(path: "str | os.PathLike[str]", model: Sequential, strict: bool = False) -> LoadReport:
+    """Load into ``model`` every array of the file at ``path`` whose dotted path and shape match
+    (all of them with ``strict=True``); returns the :class:`~xpnn.layers.LoadReport`. The model's
+    architecture may differ (a new head, another number of classes). Nothing matching is an
+    error, and a refused load leaves the model as it was."""
+    with _Archive(path) as archive:
+        _architecture(archive)
+        return _load_arrays(archive, model, strict=strict)
 
 
 def _optimizer(archive: _Archive, model: Sequential) -> Any:

@@ -301,7 +301,8 @@ class Optimizer:
 
         Hyperparameters stay those this optimizer was built with (rebuild it from
         ``state["config"]`` to resume exactly). Also the way to follow a model moved to another
-        device: ``opt.load_state_dict(opt.state_dict(), model.parameters())``.
+        device: ``opt.load_state_dict(opt.state_dict(), model.parameters())``. State whose shape no
+        longer fits its parameter (a head replaced under the same name) is dropped, never reused.
         """
         owner = f"{type(self).__name__}.load_state_dict"
         if state.get("name") != self.name:
@@ -319,14 +320,13 @@ class Optimizer:
             if set(entries) != expected:
                 raise ValueError(f"{owner}: parameter {pname!r} has state {sorted(entries)}, expected {sorted(expected)}")
             value = by_name[pname].value
+            if any(tuple(entries[key].shape) != tuple(value.shape) for key in arrays):
+                continue  # the parameter was replaced under the same name (a new head): its old state is dropped
             xp = array_namespace(value)
             where = backend.device_of(value)
             restored[pname] = {"step": int(entries["step"])} if self._counts_steps else {}
             for key in arrays:
                 host = entries[key]
-                if tuple(host.shape) != tuple(value.shape):
-                    raise ValueError(f"{owner}: {pname}.{key} has shape {tuple(host.shape)}, "
-                                     f"the parameter has {tuple(value.shape)}")
                 moved = backend.to_device(host, where, dtype=value.dtype)
                 # to_device may return a view of the host array on the CPU; the state must own its memory.
                 restored[pname][key] = xp.asarray(moved, copy=True)

@@ -333,6 +333,9 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     optimizer = get_optimizer(optimizer) if optimizer is not None else (model.optimizer or SGD(lr=0.01))
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    if model.parameters() and not model.parameters(trainable=True):
+        raise ValueError("nothing to train: every parameter of the model is frozen; set trainable = True on "
+                         "the layers to train (model.trainable = True unfreezes everything)")
     x_host, y_host = _prepare(model, x, y, loss, ("x", "y"))
     val = None
     if validation_data is not None:
@@ -351,7 +354,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
         verbose = verbose if strategy.is_main else 0
     history = model.history if initial_epoch and isinstance(model.history, History) else History()
     model.history = history
-    params = model.parameters()
+    params = model.parameters(trainable=True)  # frozen ones: no gradient, no update, state kept
     callbacks = list(callbacks)
     for callback in callbacks:
         callback.model = model

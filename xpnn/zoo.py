@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-from .layers import Conv2D, Dropout, Flatten, Layer, Linear, MaxPool2D, ReLU
+from .layers import Conv2D, Dropout, Flatten, Layer, Linear, MaxPool2D, ReLU, Residual
 from .layers.normalization import BatchNorm2D
 from .layers.pool import GlobalAvgPool2D
 from .losses import Loss, get_loss
 from .model import Sequential, mlp
 
-__all__ = ["fashion_cnn", "tutorial_cnn", "catdog_cnn", "catdog_bn_cnn", "tutorial_mlp", "dense_mlp", "MODELS", "build", "loss_for"]
+__all__ = ["fashion_cnn", "tutorial_cnn", "catdog_cnn", "catdog_bn_cnn", "resnet", "tutorial_mlp", "dense_mlp", "MODELS",
+           "build", "loss_for"]
 
 
 def _check_size(name: str, image_size: int, factor: int) -> None:
@@ -79,6 +80,49 @@ def catdog_bn_cnn(image_size: int = 64, channels: int = 3, classes: int = 2) -> 
     return Sequential([*layers, GlobalAvgPool2D(), Dropout(0.3), Linear(widths[-1], classes)])
 
 
+def basic_block(c_in: int, c_out: int, stride: int = 1) -> Residual:
+    """ResNet's basic block: Conv3x3(stride)-BN-ReLU-Conv3x3-BN plus the shortcut, ReLU after the add.
+    The shortcut is the identity, or a 1x1 Conv2D (same stride) + BN where the shape changes."""
+    body = [Conv2D(c_in, c_out, 3, stride=stride, padding=1, bias=False), BatchNorm2D(c_out), ReLU(),
+            Conv2D(c_out, c_out, 3, padding=1, bias=False), BatchNorm2D(c_out)]
+    shortcut = None if stride == 1 and c_in == c_out else \
+        [Conv2D(c_in, c_out, 1, stride=stride, bias=False), BatchNorm2D(c_out)]
+    return Residual(body, shortcut, activation=ReLU())
+
+
+def resnet(input_shape: Sequence[int], classes: int, widths: Sequence[int] = (32, 64, 128, 256),
+           blocks: Sequence[int] = (1, 1, 1, 1), dropout: float = 0.2) -> Sequential:
+    """A ResNet for ``(C, H, W)`` images: a stem conv, one stage per width of ``blocks[i]`` basic
+    blocks (every stage after the first starts with a stride-2 block and a projection shortcut),
+    global average pooling, dropout and Linear(->classes).
+
+    The stem is Conv3x3-BN-ReLU up to 64 px; from 112 px it is Conv7x7/2-BN-ReLU plus a 2x2
+    max-pool, as in ResNet-18, so a 224x224 photo reaches the first stage at 56x56. The
+    defaults have 1.2 M parameters; ``blocks=(2, 2, 2, 2)`` with widths (64, 128, 256, 512) is
+    ResNet-18's layout."""
+    c, h, w = (int(d) for d in input_shape)
+    if len(widths) != len(blocks) or not widths:
+        raise ValueError(f"resnet needs one block count per width, got widths {tuple(widths)} and blocks {tuple(blocks)}")
+    if any(int(n) < 1 for n in blocks) or any(int(n) < 1 for n in widths):
+        raise ValueError(f"resnet widths and block counts must be positive, got {tuple(widths)} and {tuple(blocks)}")
+    if min(h, w) < 8:
+        raise ValueError(f"model 'resnet' needs images of at least 8x8, got {h}x{w}")
+    if min(h, w) >= 112:
+        stem: list[Layer] = [Conv2D(c, widths[0], 7, stride=2, padding=3, bias=False), BatchNorm2D(widths[0]), ReLU(),
+                             MaxPool2D(2)]
+    else:
+        stem = [Conv2D(c, widths[0], 3, padding="same", bias=False), BatchNorm2D(widths[0]), ReLU()]
+    stages: list[Layer] = []
+    c_in = widths[0]
+    for stage, (width, count) in enumerate(zip(widths, blocks)):
+        for index in range(int(count)):
+            stride = 2 if stage > 0 and index == 0 else 1
+            stages.append(basic_block(c_in, int(width), stride))
+            c_in = int(width)
+    head: list[Layer] = [GlobalAvgPool2D(), *([Dropout(dropout)] if dropout else []), Linear(c_in, classes)]
+    return Sequential([*stem, *stages, *head])
+
+
 def _flattened(model: Sequential) -> Sequential:
     return Sequential([Flatten(), *model.layers])
 
@@ -104,6 +148,7 @@ MODELS: dict[str, Builder] = {
     "mlp": lambda shape, classes: dense_mlp(math.prod(shape), classes),
     "catdog": lambda shape, classes: catdog_cnn(_square(shape, "catdog"), shape[0], classes),
     "catdog-bn": lambda shape, classes: catdog_bn_cnn(_square(shape, "catdog-bn"), shape[0], classes),
+    "resnet": lambda shape, classes: resnet(shape, classes),
     "tutorial-cnn": lambda shape, classes: tutorial_cnn(classes, shape[0], _square(shape, "tutorial-cnn")),
     "tutorial-mlp": lambda shape, classes: tutorial_mlp(math.prod(shape), classes),
 }
@@ -129,5 +174,5 @@ def build(name: str, input_shape: Sequence[int], classes: int) -> Sequential:
 
 def loss_for(model: Sequential) -> Loss:
     """Binary cross-entropy for a single output logit, softmax cross-entropy otherwise."""
-    outputs = next(layer.out_features for layer in reversed(model.layers) if isinstance(layer, Linear))
+    outputs = [layer.out_features for _, layer in model.walk() if isinstance(layer, Linear)][-1]
     return get_loss("bce") if outputs == 1 else get_loss("cross_entropy")

@@ -6,25 +6,32 @@ layer and inference (``y, _ = layer(x)``) keeps nothing alive once the result is
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator
 
 from .. import backend
 from ..errors import ShapeError
 
 Backprop = Callable[[Any], Any]
 
-__all__ = ["Layer", "Parameter", "Backprop", "layer_class"]
+__all__ = ["Layer", "Parameter", "Backprop", "LoadReport", "layer_class", "layer_spec", "layer_from_spec"]
 
 
 class Parameter:
-    """A trainable array (``value``) and the gradient accumulated for it (``grad``, or None)."""
+    """A trainable array (``value``) and the gradient accumulated for it (``grad``, or None).
 
-    __slots__ = ("name", "value", "grad")
+    ``name`` is the dotted path from the model's root (``"3.body.0.weight"``). A frozen
+    parameter (``trainable`` False, set through :attr:`Layer.trainable`) ignores gradients, so
+    no optimizer ever moves it.
+    """
+
+    __slots__ = ("name", "value", "grad", "trainable")
 
     def __init__(self, value: Any, name: str = "") -> None:
         self.name = name
         self.value = value
         self.grad: Any = None
+        self.trainable = True
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -38,8 +45,10 @@ class Parameter:
         return size
 
     def accumulate(self, grad: Any) -> None:
-        """Add ``grad`` to ``self.grad`` (the first contribution is stored without a copy)."""
-        self.grad = grad if self.grad is None else self.grad + grad
+        """Add ``grad`` to ``self.grad`` (the first contribution is stored without a copy);
+        a frozen parameter keeps no gradient."""
+        if self.trainable:
+            self.grad = grad if self.grad is None else self.grad + grad
 
     def zero_grad(self) -> None:
         self.grad = None
@@ -59,6 +68,42 @@ def layer_class(name: str) -> type["Layer"]:
         raise ValueError(f"unknown layer type {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
+def layer_spec(layer: "Layer") -> dict[str, Any]:
+    """The JSON-able architecture of ``layer`` (containers include their children): type and config."""
+    return {"type": type(layer).__name__, "config": layer.config()}
+
+
+def layer_from_spec(spec: Any) -> "Layer":
+    """Rebuild a layer (and everything inside it) from :func:`layer_spec`'s output."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) or not isinstance(spec.get("config"), dict):
+        raise ValueError(f"a layer entry must be {{'type': name, 'config': {{...}}}}, got {str(spec)[:80]}")
+    return layer_class(spec["type"]).from_config(spec["config"])
+
+
+@dataclass
+class LoadReport:
+    """What :meth:`Layer.load_state_dict` did: the names it loaded, the model's names the state
+    lacks (``missing``), the state's names the model lacks (``unexpected``) and the names whose
+    shapes differ (``mismatched``: name, saved shape, model shape), each left as it was."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line: counts, then the names that were not loaded."""
+        parts = [f"loaded {len(self.loaded)} arrays"]
+        if self.missing:
+            parts.append(f"missing from the state: {', '.join(self.missing)}")
+        if self.unexpected:
+            parts.append(f"not in the model: {', '.join(self.unexpected)}")
+        if self.mismatched:
+            parts.append("different shapes: " + ", ".join(f"{name} (saved {saved}, model {mine})"
+                                                         for name, saved, mine in self.mismatched))
+        return "; ".join(parts)
+
+
 class Layer:
     """Base class. Subclasses implement ``forward`` and, if they change the shape, ``output_shape``.
 
@@ -70,6 +115,9 @@ class Layer:
     buffer_names: ClassVar[tuple[str, ...]] = ()
     #: the input rank the layer accepts (None: any rank >= 1)
     input_rank: ClassVar[int | None] = None
+    #: the dotted path from the model's root, set by the container that holds the layer ("" at the root)
+    path: str = ""
+    _trainable: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -77,6 +125,11 @@ class Layer:
 
     def __call__(self, x: Any, train: bool = False, input_grad: bool = True) -> tuple[Any, Backprop]:
         """Check ``x``'s shape, then run ``forward``. ``input_grad=False`` lets backprop skip dx."""
+        return self.apply(x, train=train, input_grad=input_grad)
+
+    def apply(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
+        """How a container runs this layer: the shape check, then ``forward``. Containers skip the
+        check of their whole subtree, since each layer inside checks its own input."""
         self.output_shape(tuple(x.shape))
         return self.forward(x, train=train, input_grad=input_grad)
 
@@ -104,10 +157,107 @@ class Layer:
         """A short picture of the expected input shape for error messages, like ``(N, 784)``."""
         return ""
 
+    # ---- the tree of layers -------------------------------------------------------------
+
+    def children(self) -> list[tuple[str, "Layer"]]:
+        """The layers directly inside this one, with their names in the path (containers only)."""
+        return []
+
+    def child_inputs(self, input_shape: tuple[int, ...]) -> list[tuple[str, "Layer", tuple[int, ...]]]:
+        """Each child with the input shape it sees when this layer gets ``input_shape`` (for summaries)."""
+        return []
+
+    def walk(self, prefix: str = "") -> Iterator[tuple[str, "Layer"]]:
+        """``(path, layer)`` for this layer and every layer inside it, parents before children."""
+        yield prefix, self
+        for name, child in self.children():
+            yield from child.walk(f"{prefix}.{name}" if prefix else name)
+
+    def _name_tree(self) -> None:
+        """Give every layer inside its path and every parameter its dotted name, relative to this
+        layer. A layer object placed twice is refused: its parameters would need one name per
+        place in ``state_dict``, optimizer state and model files, and be saved twice."""
+        seen: dict[int, str] = {}
+        for path, layer in self.walk():
+            if id(layer) in seen:
+                raise ValueError(
+                    f"{type(self).__name__}: the same {type(layer).__name__} object is placed twice, at "
+                    f"{seen[id(layer)] or 'the root'} and {path}; xpnn does not share layers between places: "
+                    f"build a new layer for each")
+            seen[id(layer)] = path
+            layer.path = path
+            for name in layer.param_names:
+                getattr(layer, name).name = f"{path}.{name}" if path else name
+
+    @property
+    def trainable(self) -> bool:
+        """Whether training updates this layer (for a container: anything inside it). Setting it
+        on a container sets it on every layer inside. A frozen layer's parameters get no
+        gradient, and a frozen BatchNorm normalizes with its running statistics, in training too."""
+        leaves = [layer for _, layer in self.walk() if not layer.children()]
+        return any(layer._trainable for layer in leaves) if leaves else self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"{self.describe()}: trainable must be True or False, got {value!r}")
+        for _, layer in self.walk():
+            layer._trainable = value
+            for name in layer.param_names:
+                getattr(layer, name).trainable = value
+
     # ---- parameters and state -------------------------------------------------------------
 
-    def parameters(self) -> list[Parameter]:
-        return [getattr(self, name) for name in self.param_names]
+    def parameters(self, trainable: bool | None = None) -> list[Parameter]:
+        """Every parameter of this layer and the layers inside it, in path order; ``trainable=True``
+        (what an optimizer gets) or ``False`` keeps only the unfrozen or the frozen ones."""
+        return [param for _, layer in self.walk() for param in (getattr(layer, name) for name in layer.param_names)
+                if trainable is None or param.trainable == trainable]
+
+    def trainable_parameters(self) -> list[Parameter]:
+        """The parameters training updates: ``parameters(trainable=True)``."""
+        return self.parameters(trainable=True)
+
+    def named_state(self) -> dict[str, Any]:
+        """Every array (parameters and buffers) of this layer and the layers inside it, on its
+        device, keyed by dotted path (``"3.body.0.weight"``)."""
+        return {f"{path}.{name}" if path else name: value
+                for path, layer in self.walk() for name, value in layer.state().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Host (NumPy) copies of every parameter and buffer, keyed by dotted path."""
+        return {key: backend.to_numpy(value).copy() for key, value in self.named_state().items()}
+
+    def load_state_dict(self, arrays: dict[str, Any], strict: bool = True) -> LoadReport:
+        """Load host arrays (as from :meth:`state_dict`) onto the layers' device; returns a :class:`LoadReport`.
+
+        ``strict=True`` requires exactly the model's names and shapes. ``strict=False`` loads every
+        entry whose name and shape match and leaves the rest; it raises if nothing matched. Every
+        array is checked and moved before any is assigned, so a refused load changes nothing.
+        """
+        mine = self.named_state()
+        report = LoadReport()
+        for key, value in mine.items():
+            if key not in arrays:
+                report.missing.append(key)
+            elif tuple(arrays[key].shape) != tuple(value.shape):
+                report.mismatched.append((key, tuple(int(d) for d in arrays[key].shape), tuple(value.shape)))
+            else:
+                report.loaded.append(key)
+        report.unexpected = [key for key in arrays if key not in mine]
+        if strict and (report.missing or report.unexpected or report.mismatched):
+            error = ShapeError if report.mismatched else ValueError
+            raise error(f"state does not match the model: {report.describe()}")
+        if mine and not report.loaded:
+            raise ValueError(f"nothing in the state matches the model: {report.describe()}")
+        owners = {f"{path}.{name}" if path else name: (layer, name)
+                  for path, layer in self.walk() for name in layer.state()}
+        moved = {key: backend.to_device(arrays[key], backend.device_of(mine[key]), dtype=mine[key].dtype, copy=True)
+                 for key in report.loaded}
+        for key, value in moved.items():
+            layer, name = owners[key]
+            layer._set_array(name, value)
+        return report
 
     def buffers(self) -> dict[str, Any]:
         """Non-trained state saved with the model (batch-norm running statistics)."""
@@ -119,21 +269,6 @@ class Layer:
         out.update(self.buffers())
         return out
 
-    def load_state(self, arrays: dict[str, Any], device: "backend.Device | str | None" = None) -> None:
-        """Replace parameters and buffers with host arrays (moved to ``device``), shapes checked."""
-        mine = self.state()
-        missing = sorted(set(mine) - set(arrays))
-        extra = sorted(set(arrays) - set(mine))
-        if missing or extra:
-            raise ValueError(f"{self.describe()}: state has missing arrays {missing} and unexpected arrays {extra}")
-        target = backend.device_of(next(iter(mine.values()))) if device is None and mine else device
-        for name, host in arrays.items():
-            have = tuple(mine[name].shape)
-            if tuple(host.shape) != have:
-                raise ShapeError(f"{self.describe()}.{name}: expected shape {have}, file has {tuple(host.shape)}")
-            value = backend.to_device(host, target, dtype=mine[name].dtype, copy=True)
-            self._set_array(name, value)
-
     def _set_array(self, name: str, value: Any) -> None:
         if name in self.param_names:
             param = getattr(self, name)
@@ -143,23 +278,35 @@ class Layer:
             setattr(self, name, value)
 
     def to(self, device: "backend.Device | str | None" = None, dtype: str | None = None) -> "Layer":
-        """Move (and optionally cast, e.g. ``dtype="float64"``) every array of the layer; returns self."""
+        """Move (and optionally cast, e.g. ``dtype="float64"``) every array of the layer and the
+        layers inside it; returns self."""
         target = backend.resolve(device)
-        for name, value in self.state().items():
-            self._set_array(name, backend.to_device(value, target, dtype=dtype))
-        if dtype is not None and hasattr(self, "dtype"):
-            self.dtype = dtype
+        for _, layer in self.walk():
+            for name, value in layer.state().items():
+                layer._set_array(name, backend.to_device(value, target, dtype=dtype))
+            if dtype is not None and "dtype" in vars(layer):
+                layer.dtype = dtype
         return self
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments, JSON-serialisable, so ``type(self)(**config)`` rebuilds the layer."""
         return {}
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Layer":
+        """The layer :meth:`config` describes (containers rebuild their children too)."""
+        return cls(**config)
+
     def describe(self) -> str:
-        """How errors name this layer: ``Linear(784 -> 10)`` plus its position in a model."""
+        """How errors name this layer: ``Linear(in_features=784, ...)`` plus its path in a model."""
+        return self._title() + self._where()
+
+    def _title(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k not in ("init", "dtype"))
-        where = f" (layer {self.index})" if getattr(self, "index", None) is not None else ""
-        return f"{type(self).__name__}({args}){where}"
+        return f"{type(self).__name__}({args})"
+
+    def _where(self) -> str:
+        return f" (layer {self.path})" if self.path else ""
 
     def __repr__(self) -> str:
         return self.describe()

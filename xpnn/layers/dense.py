@@ -43,9 +43,10 @@ class Linear(Layer):
             y = y + bias.value
 
         def backprop(dy: Any) -> Any:
-            weight.accumulate(xp.matmul(xp.matrix_transpose(x), dy))
-            if bias is not None:
-                bias.accumulate(xp.sum(dy, axis=0))
+            if weight.trainable:  # a frozen layer skips its weight-gradient matmul
+                weight.accumulate(xp.matmul(xp.matrix_transpose(x), dy))
+                if bias is not None:
+                    bias.accumulate(xp.sum(dy, axis=0))
             return xp.matmul(dy, xp.matrix_transpose(w)) if input_grad else None
 
         return y, backprop

@@ -2,8 +2,10 @@
 
 Training normalizes with the batch's mean and (biased) variance and updates the running
 statistics as PyTorch does: ``running = (1 - momentum) * running + momentum * batch``, with the
-unbiased variance. Evaluation normalizes with the running statistics. The running statistics are
-buffers (``buffer_names``), so they are saved and loaded with the model.
+unbiased variance. Evaluation normalizes with the running statistics, and so does a frozen layer
+(``trainable = False``) in training, without updating them: fine-tuning a network keeps the
+statistics it learned. The running statistics are buffers (``buffer_names``), so they are saved
+and loaded with the model.
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ class _BatchNorm(Layer):
         values = self._channel_major(x)
         count = int(values.shape[1])
         gamma, beta = self.gamma, self.beta
-        if not train:
+        if not train or not self._trainable:  # frozen: running statistics, in fit too (Keras' rule)
             inv_std = 1.0 / xp.sqrt(self.running_var + self.eps)
             scale = gamma.value * inv_std
             shift = beta.value - self.running_mean * scale

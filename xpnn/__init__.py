@@ -11,3 +11,6 @@ from .train import Callback, EarlyStopping, History, ModelCheckpoint  # noqa: E4
 __all__ = ["datasets", "layers", "losses", "optim", "Device", "DeviceError", "set_device", "get_device", "current_device",
            "use_device", "devices", "to_device", "to_numpy", "seed", "Sequential", "mlp", "save", "load",
            "load_checkpoint", "History", "Callback", "EarlyStopping", "ModelCheckpoint", "__version__"]
+from .onnx_export import export_onnx  # noqa: E402
+
+__all__ += ["export_onnx"]

@@ -120,6 +120,7 @@ def main() -> None:
                 rates: dict[str, list[float]] = {name: [] for name in runs}
                 for _ in range(args.repeats):
                     for name, run in runs.items():
+                        time.sleep(bench_cnn.PAUSE)  # the last library's idle threads stop spinning
                         rates[name].append(throughput(run, batch, args.seconds))
                 median = {name: statistics.median(values) for name, values in rates.items()}
                 rows.append((title, batch, median))

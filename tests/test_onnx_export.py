@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import xpnn
-from xpnn import layers, metrics, zoo
+from xpnn import layers, metrics, onnx_export, zoo
 from xpnn.cli import main
 from xpnn.layers import (GELU, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dropout, Flatten, GlobalAvgPool2D, Layer,
                          LeakyReLU, Linear, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
@@ -360,6 +360,16 @@ def test_a_layer_without_an_exporter_is_one_error_naming_it_and_writes_nothing(c
                                               rf"ONNX exporter for {type(custom).__qualname__} \(supported: .*Conv2D"):
         export_onnx(model, path, input_shape=(3,))
     assert path.read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_registered_exporter_exports_a_users_own_layer(tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "_EXPORTERS", dict(onnx_export._EXPORTERS))
+
+    @onnx_export.exporter(Doubler)
+    def _doubler(layer, graph, x, path):
+        return graph.node("Mul", [x, graph.constant(f"{path}.two", 2.0)], path)
+
+    export_and_compare(xpnn.Sequential([Linear(3, 3), Doubler()]), tmp_path, (3,))
 
 
 def test_non_finite_weights_are_refused(tmp_path):

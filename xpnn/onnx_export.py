@@ -71,8 +71,11 @@ def exporter(*layer_types: type) -> Callable[[Exporter], Exporter]:
     """Register ``fn(layer, graph, x, path) -> y`` as the ONNX exporter of exactly these types.
 
     ``x`` and ``y`` are tensor names in the graph; ``path`` is the layer's dotted position in the
-    model (``"3.body.0"``), used to name its nodes and weights. Subclasses are not covered: a
-    subclass may compute something else, so it needs its own exporter.
+    model (``"3.body.0"``), used to name its nodes and weights. ``graph.node(op, inputs, path,
+    **attributes)`` adds a node and returns its output's name; ``graph.weight(path, array,
+    layer.describe())`` and ``graph.constant(path, value)`` add float32 initializers;
+    ``graph.layer(child, x, path)`` exports a child layer. Subclasses are not covered: a subclass
+    may compute something else, so it needs its own exporter.
     """
     def register(fn: Exporter) -> Exporter:
         for layer_type in layer_types:
@@ -237,43 +240,26 @@ def _global_avg_pool(layer: GlobalAvgPool2D, graph: _Graph, x: str, path: str) -
     return graph.node("Flatten", [pooled], path, axis=1)
 
 
-@exporter(Flatten)
-def _flatten(layer: Flatten, graph: _Graph, x: str, path: str) -> str:
-    return graph.node("Flatten", [x], path, axis=1)
+# --------------------------------------------------------------------------- weightless layers
 
 
-@exporter(Dropout)
-def _dropout(layer: Dropout, graph: _Graph, x: str, path: str) -> str:
-    """Inference: dropout does nothing."""
-    return graph.node("Identity", [x], path)
+#: layers that are one weightless ONNX operator: type -> (operator, its attributes for the layer).
+#: Dropout is Identity: at inference it does nothing.
+_ONE_OPERATOR: dict[type, tuple[str, Callable[[Any], dict[str, Any]]]] = {
+    Flatten: ("Flatten", lambda layer: {"axis": 1}),
+    Dropout: ("Identity", lambda layer: {}),
+    ReLU: ("Relu", lambda layer: {}),
+    LeakyReLU: ("LeakyRelu", lambda layer: {"alpha": layer.alpha}),
+    Sigmoid: ("Sigmoid", lambda layer: {}),
+    Tanh: ("Tanh", lambda layer: {}),
+    Softmax: ("Softmax", lambda layer: {"axis": layer.axis}),
+}
 
 
-# --------------------------------------------------------------------------- activations
-
-
-@exporter(ReLU)
-def _relu(layer: ReLU, graph: _Graph, x: str, path: str) -> str:
-    return graph.node("Relu", [x], path)
-
-
-@exporter(LeakyReLU)
-def _leaky_relu(layer: LeakyReLU, graph: _Graph, x: str, path: str) -> str:
-    return graph.node("LeakyRelu", [x], path, alpha=layer.alpha)
-
-
-@exporter(Sigmoid)
-def _sigmoid(layer: Sigmoid, graph: _Graph, x: str, path: str) -> str:
-    return graph.node("Sigmoid", [x], path)
-
-
-@exporter(Tanh)
-def _tanh(layer: Tanh, graph: _Graph, x: str, path: str) -> str:
-    return graph.node("Tanh", [x], path)
-
-
-@exporter(Softmax)
-def _softmax(layer: Softmax, graph: _Graph, x: str, path: str) -> str:
-    return graph.node("Softmax", [x], path, axis=layer.axis)
+@exporter(*_ONE_OPERATOR)
+def _one_operator(layer: Any, graph: _Graph, x: str, path: str) -> str:
+    op, attributes = _ONE_OPERATOR[type(layer)]
+    return graph.node(op, [x], path, **attributes(layer))
 
 
 @exporter(GELU)

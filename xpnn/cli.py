@@ -550,12 +550,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         preprocessing = _input_spec(model)
     except CLIError:  # not an image model: the file says what it can
         preprocessing = None
-    started = time.perf_counter()
     try:
         export_onnx(model, out, args.opset, classes=_classes(model), preprocessing=preprocessing)
     except ImportError as exc:
         raise CLIError(str(exc)) from exc
-    print(f"wrote {out} ({out.stat().st_size:,} bytes, ONNX opset {args.opset}) in {time.perf_counter() - started:.2f} s")
+    print(f"wrote {out} ({out.stat().st_size:,} bytes, ONNX opset {args.opset})")
     return 0
 
 

@@ -249,6 +249,16 @@ def test_fused_loss_models_export_logits_and_probabilities(classes, activation, 
     assert meta["output_activation"] == activation and set(json.loads(meta["outputs"])) == {"logits", "probabilities"}
 
 
+def test_binary_cross_entropy_on_several_logits_gives_a_sigmoid_per_column(tmp_path):
+    """Multi-label: each column its own sigmoid, no [1 - p, p] pairs."""
+    model = xpnn.Sequential([Linear(3, 4)])
+    model.loss = BinaryCrossEntropy()
+    path = export_onnx(model, tmp_path / "m.onnx", input_shape=(3,))
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    probabilities = session(path).run(["probabilities"], {"input": x})[0]
+    np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-model.predict(x))), **TOLERANCE)
+
+
 @pytest.mark.parametrize("loss", [None, BinaryCrossEntropy(from_logits=False)], ids=["no-loss", "bce-on-probabilities"])
 def test_models_without_a_fused_activation_have_one_output(loss, tmp_path):
     model = xpnn.Sequential([Linear(3, 1), Sigmoid()])

@@ -13,8 +13,9 @@ Choices, each checked against onnxruntime in tests/test_onnx_export.py:
 - Outputs. A model trained with a loss that fuses its output activation (cross-entropy from
   logits: softmax, or the sigmoid of binary cross-entropy) gets two outputs: ``logits``, exactly
   what :meth:`Sequential.predict` returns, and ``probabilities``, as ``xpnn predict`` shows them
-  (softmax; for a single logit ``[1 - p, p]``, one column per class). Any other model has one
-  output, ``output``. The metadata says which.
+  (softmax; for a single logit ``[1 - p, p]``, one column per class; for several logits under
+  binary cross-entropy, each one's sigmoid). Any other model has one output, ``output``. The
+  metadata says which.
 - float32 only. onnxruntime's CPU Conv has no float64 kernel, so a float64 model is exported
   with its weights cast to float32, with a warning and ``exported_from_dtype`` in the metadata.
 - The IR version is pinned to the oldest one the opset needs (IR 8 for opset 17), so older

@@ -9,7 +9,9 @@ weights do not change the work). For each model and batch size (1 and 256), the 
 in alternating timed runs of about ``--seconds`` each, after warm-up; the table shows the median
 samples/s over ``--repeats`` runs, and ratios against xpnn (above 1: faster than xpnn).
 
-- xpnn: ``model.predict(x, batch_size=batch)``, the user's call: host batch in, host array out.
+- xpnn: ``model.predict(x, batch_size=batch)``, the user's call: host batch in, host array out
+  (input checks, batching, casting included); "xpnn forward" is ``model(x)`` alone on a batch
+  already on the device, for how much of predict's time is the network. Ratios are against predict.
 - onnxruntime: ``InferenceSession.run`` on the exported file, CPUExecutionProvider,
   ``intra_op_num_threads=--threads``, default graph optimizations.
 - PyTorch: the same network and weights (benchmarks/bench_cnn.py's builder), ``eval()`` under
@@ -104,7 +106,9 @@ def main() -> None:
                 net = bench_cnn.torch_model(specs, model, "cpu").eval()
             for batch in BATCHES:
                 x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
+                x_device = xpnn.to_device(x, model.device)
                 runs = {"xpnn": lambda: model.predict(x, batch_size=batch),
+                        "xpnn forward": lambda: model(x_device)[0],
                         "onnxruntime": lambda: session.run(None, {"input": x})}
                 if net is not None:
                     x_torch = torch.from_numpy(x)
@@ -125,13 +129,13 @@ def main() -> None:
                 median = {name: statistics.median(values) for name, values in rates.items()}
                 rows.append((title, batch, median))
     print()
-    print("| model | batch | xpnn predict samples/s | onnxruntime samples/s | ratio ort/xpnn | torch samples/s "
-          "| ratio torch/xpnn |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | batch | xpnn predict samples/s | xpnn forward samples/s | onnxruntime samples/s | ratio ort/xpnn "
+          "| torch samples/s | ratio torch/xpnn |")
+    print("|---|---|---|---|---|---|---|---|")
     for title, batch, median in rows:
         torch_cells = (f"{median['torch']:,.0f} | {median['torch'] / median['xpnn']:.2f}x" if "torch" in median
                        else "not run | ")
-        print(f"| {title} | {batch} | {median['xpnn']:,.0f} | {median['onnxruntime']:,.0f} | "
+        print(f"| {title} | {batch} | {median['xpnn']:,.0f} | {median['xpnn forward']:,.0f} | {median['onnxruntime']:,.0f} | "
               f"{median['onnxruntime'] / median['xpnn']:.2f}x | {torch_cells} |")
 
 

@@ -177,7 +177,7 @@ ACTIVATIONS = [ReLU(), LeakyReLU(0.2), Sigmoid(), Tanh(), Softmax(), Softmax(axi
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS, ids=lambda a: a.describe())
-@pytest.mark.parametrize("opset", [17, 20])
+@pytest.mark.parametrize("opset", [13, 17, 20])
 def test_activations_match_onnxruntime(activation, opset, tmp_path):
     export_and_compare(xpnn.Sequential([activation]), tmp_path, (3, 4, 2), opset=opset, scale=4.0)
 
@@ -232,6 +232,7 @@ def test_every_zoo_model_matches_onnxruntime(name, tmp_path):
     model.loss = zoo.loss_for(model)
     proto = export_and_compare(model, tmp_path, model.input_shape, batches=(1, 4))
     assert [o.name for o in proto.graph.output] == ["logits", "probabilities"]
+    export_and_compare(model, tmp_path, model.input_shape, opset=13, batches=(2,))
 
 
 @pytest.mark.parametrize("classes, activation", [(2, "sigmoid"), (4, "softmax")])

@@ -50,7 +50,8 @@ from .model import Sequential
 __all__ = ["export_onnx", "exporter", "OnnxExportError", "DEFAULT_OPSET", "MIN_OPSET", "INPUT_NAME"]
 
 DEFAULT_OPSET = 17
-#: the oldest opset written: Softmax's per-axis semantics and Squeeze/Split's axes inputs date from 13
+#: the oldest opset written: before 13, Softmax flattened everything from its axis on (wrong for
+#: xpnn's per-axis Softmax on images)
 MIN_OPSET = 13
 #: the first opset with a Gelu operator (and its approximate="tanh" attribute)
 GELU_OPSET = 20

@@ -303,6 +303,7 @@ def test_batch_axis_is_symbolic_and_ir_version_is_pinned(tmp_path):
         assert proto.ir_version == ir_version and proto.opset_import[0].version == opset
         dims = proto.graph.input[0].type.tensor_type.shape.dim
         assert dims[0].dim_param == "N" and [d.dim_value for d in dims[1:]] == [2, 4]
+    assert model.input_shape is None  # exporting does not build the model as a side effect
 
 
 def test_metadata_says_how_to_preprocess(tmp_path):

@@ -2,7 +2,7 @@
 # Installs what the test suite needs on a fresh machine (Python 3.11, pip, apt) and runs the
 # test command from README.md. Optional extras make more tests run instead of skip:
 # Debian's dataset-fashion-mnist (full-data tests), PyTorch 2.13 CPU (reference tests),
-# Open MPI + mpi4py (distributed tests).
+# Open MPI + mpi4py (distributed tests), onnx + onnxruntime (ONNX export tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,7 @@ python3 -m venv "$venv"
 source "$venv/bin/activate"
 python -m pip install -q "torch==2.13.0" || echo "ci: torch not installed; PyTorch reference tests will skip"
 python -m pip install -q mpi4py || echo "ci: mpi4py not installed; distributed tests will skip"
+python -m pip install -q onnx onnxruntime || echo "ci: onnx/onnxruntime not installed; ONNX export tests will skip"
 
 # The README's test command:
 pip install -e ".[test]" && python -m pytest -q

@@ -1,4 +1,4 @@
-"""The ``xpnn`` command: ``train``, ``evaluate``, ``predict``, ``devices``, ``info``.
+"""The ``xpnn`` command: ``train``, ``evaluate``, ``predict``, ``devices``, ``info``, ``export``.
 
 Exit codes: 0 success; 1 training diverged (NaN/inf loss); 2 an error the user can fix (a
 missing path, unusable data, a model file that does not fit, a GPU that is not there), printed
@@ -714,6 +714,25 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .onnx_export import export_onnx
+    _require_model_file(args.model)
+    out = Path(args.onnx)
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} exists; pass --force to replace it")
+    model = load(args.model, "cpu")
+    try:
+        preprocessing = _input_spec(model)
+    except CLIError:  # not an image model: the file says what it can
+        preprocessing = None
+    try:
+        export_onnx(model, out, args.opset, classes=_classes(model), preprocessing=preprocessing)
+    except ImportError as exc:
+        raise CLIError(str(exc)) from exc
+    print(f"wrote {out} ({out.stat().st_size:,} bytes, ONNX opset {args.opset})")
+    return 0
+
+
 def _gpus() -> list[dict[str, Any]]:
     if importlib.util.find_spec("cupy") is None:
         return []
@@ -852,6 +871,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", help="a model.npz or checkpoint.npz")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=cmd_info)
+
+    export = sub.add_parser("export", parents=[common], help="write a model file as ONNX (for onnxruntime and others)",
+                            description="Export a model file's inference graph to ONNX, checked before it is written; "
+                                        "classes and preprocessing go into its metadata. Needs: pip install "
+                                        "\"xpnn[onnx]\".")
+    export.add_argument("model", help="a model.npz or checkpoint.npz")
+    export.add_argument("onnx", metavar="MODEL.onnx", help="the file to write")
+    export.add_argument("--opset", type=_positive, default=17, metavar="N", help="ONNX opset (default 17)")
+    export.add_argument("--force", action="store_true", help="replace MODEL.onnx if it exists")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -23,7 +23,7 @@ from array_api_compat import device as native_device_of
 from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_namespace
 
 __all__ = [
-    "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device",
+    "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device", "device_context",
     "devices", "device_of", "to_device", "to_numpy", "seed", "host_rng", "rng_state", "set_rng_state",
     "random_uniform",
 ]
@@ -209,6 +209,9 @@ def set_device(spec: "str | Device") -> Device:
     """
     global _default
     _default = _parse(spec)
+    use = getattr(_default.native, "use", None)
+    if use is not None and _needs_context(_default):
+        use()  # CuPy: new arrays of this thread go to this GPU from now on
     return _default
 
 
@@ -226,9 +229,34 @@ def use_device(spec: "str | Device") -> Iterator[Device]:
         stack = _state.stack = []
     stack.append(device)
     try:
-        yield device
+        with device_context(device):
+            yield device
     finally:
         stack.pop()
+
+
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def _needs_context(device: Device) -> bool:
+    native = device.native
+    return hasattr(native, "__enter__") and not isinstance(native, str) and not is_torch_namespace(device.xp)
+
+
+def device_context(device: "Device | None") -> Any:
+    """A context manager that makes ``device`` its library's *current* device for the block.
+
+    CuPy allocates on the current CUDA device whatever ``device=`` says (array-api-compat passes
+    ``device=`` on only in ``asarray``), and refuses to run kernels on arrays of another GPU. So
+    the work on a model (``model(x)`` and its backward pass, ``fit``, ``evaluate``, ``predict``,
+    optimizer steps, distributed reductions) runs inside this context of the model's device:
+    the one place that decides it, never the layers. A native device that is a context manager
+    (``cupy.cuda.Device``, the test stand-in in :mod:`xpnn.instrumented`) is entered; for
+    NumPy, array-api-strict and PyTorch, which honour ``device=``, it does nothing. Re-entrant.
+    """
+    if device is None or not _needs_context(device):
+        return _NO_CONTEXT
+    return device.native
 
 
 def devices() -> list[str]:
@@ -285,7 +313,7 @@ def to_device(host: Any, device: "str | Device | None" = None, dtype: "str | Any
         host = to_numpy(host) if _is_device_array(host) else np.asarray(host)
     xp = target.xp
     on_gpu = is_cupy_namespace(xp)
-    with target.native if on_gpu else contextlib.nullcontext():
+    with device_context(target):
         if is_numpy_namespace(xp) or on_gpu:
             moved = xp.asarray(host, copy=True) if copy else xp.asarray(host)
         else:

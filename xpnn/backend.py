@@ -270,6 +270,31 @@ def devices() -> list[str]:
     return names
 
 
+def gpu_identity(device: Device) -> str:
+    """What tells two processes' GPUs apart on one machine: the PCI bus id (else the UUID, else the name).
+
+    Names do not: with one GPU per process (``CUDA_VISIBLE_DEVICES``) every process has a ``gpu:0``.
+    """
+    native = device.native
+    for attribute in ("pci_bus_id", "uuid"):
+        try:
+            value = getattr(native, attribute, None)
+        except Exception:  # a CUDA call that failed: fall back to the next
+            value = None
+        if value:
+            return value.hex() if isinstance(value, bytes) else str(value)
+    if is_cupy_namespace(device.xp) and hasattr(native, "id"):
+        try:
+            import cupy
+
+            uuid = cupy.cuda.runtime.getDeviceProperties(native.id).get("uuid")
+            if uuid:
+                return uuid.hex() if isinstance(uuid, bytes) else str(uuid)
+        except Exception:
+            pass
+    return device.name
+
+
 def device_of(array: Any) -> Device:
     """The :class:`Device` an array lives on."""
     xp = array_namespace(array)

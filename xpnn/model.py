@@ -47,31 +47,34 @@ class Sequential:
     def __call__(self, x: Any, train: bool = False, input_grad: bool = True) -> tuple[Any, Any]:
         """Run every layer. With ``input_grad=False`` the backward pass stops at the first layer
         with parameters and returns None (what training needs: no dL/dx for the data)."""
-        self._check_input(x)
+        device = self._check_input(x)
         first = 0 if input_grad else self._first_trainable
         backprops = []
-        for index in self._order:
-            x, backprop = self.layers[index](x, train=train, input_grad=input_grad or index > first)
-            if index >= first:
-                backprops.append(backprop)
+        with backend.device_context(device):
+            for index in self._order:
+                x, backprop = self.layers[index](x, train=train, input_grad=input_grad or index > first)
+                if index >= first:
+                    backprops.append(backprop)
 
         def backprop_all(dy: Any) -> Any:
-            for backprop in reversed(backprops):
-                dy = backprop(dy)
+            with backend.device_context(device):
+                for backprop in reversed(backprops):
+                    dy = backprop(dy)
             return dy
 
         return x, backprop_all
 
-    def _check_input(self, x: Any) -> None:
+    def _check_input(self, x: Any) -> backend.Device:
+        """The device ``x`` is on, checked to be the model's (the one made current for the work)."""
         try:
             xp = array_namespace(x)
         except TypeError:
             raise TypeError(f"Sequential input must be an array on the model's device ({self.device}), got "
                             f"{type(x).__name__}; use xpnn.to_device(x, model.device)") from None
         params = self.parameters()
-        if not params:
-            return
         where = backend.device_of(x)
+        if not params:
+            return where
         if where != self.device:
             raise backend.DeviceError(
                 f"Sequential input is on {where} but the model is on {self.device}: move the input with "
@@ -82,6 +85,7 @@ class Sequential:
         if x.dtype != params[0].value.dtype:
             raise TypeError(f"Sequential input has dtype {x.dtype} but the model's parameters are {self.dtype}; "
                             f"cast the input or call model.to(dtype=...)")
+        return where
 
     # ---- shapes ---------------------------------------------------------------------------
 

@@ -7,11 +7,12 @@ for NaN/inf, naming the first bad batch.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -276,6 +277,18 @@ def _format(logs: dict[str, float]) -> str:
 # --------------------------------------------------------------------------- public loop
 
 
+def _on_model_device(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``run(model, ...)`` with the model's device made current (:func:`xpnn.backend.device_context`),
+    so what the loop, the loss, the transforms and the optimizer create lands on the model's GPU."""
+    @functools.wraps(run)
+    def on_device(model: Any, *args: Any, **kwargs: Any) -> Any:
+        with backend.device_context(model.device):
+            return run(model, *args, **kwargs)
+    return on_device
+
+
+@_on_model_device
+
 def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimizer: Any = None, epochs: int = 1,
         batch_size: int | None = 32, shuffle: bool = True, seed: int | None = None,
         validation_data: tuple[Any, Any] | None = None, callbacks: Sequence[Callback] = (), verbose: int = 1,
@@ -379,6 +392,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     return history
 
 
+@_on_model_device
 def evaluate(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, batch_size: int = 256,
              scale: Any = None) -> dict[str, float]:
     """Mean loss (and accuracy for classification) of ``model`` on ``(x, y)`` in eval mode."""
@@ -396,6 +410,7 @@ def evaluate(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, ba
     return dict(meter.sync())
 
 
+@_on_model_device
 def predict(model: Any, x: Any, *, batch_size: int = 256, scale: Any = None, to_host: bool = True) -> Any:
     """Model outputs for ``x`` in eval mode, batch by batch: a NumPy array (or device array if
     ``to_host=False``). Apply the output activation yourself if the model ends in logits."""

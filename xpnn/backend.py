@@ -28,7 +28,8 @@ __all__ = [
     "random_uniform",
 ]
 
-GPU_INSTALL_HINT = 'pip install "xpnn[gpu]" (CuPy for CUDA 12; use cupy-cuda13x for CUDA 13)'
+GPU_INSTALL_HINT = ('pip install "xpnn[gpu]" (CuPy for CUDA 12 with the CUDA libraries it needs, cupy-cuda12x[ctk]; '
+                    'with a CUDA 13 driver install "cupy-cuda13x[ctk]" instead)')
 
 
 class DeviceError(RuntimeError):
@@ -127,8 +128,52 @@ def _gpu_device(spec: str, index: int) -> Device:
             f"device {spec!r}: GPU index {index} is out of range; this machine has {count} "
             f"GPU(s): {', '.join(f'gpu:{i}' for i in range(count))}."
         )
+    _probe_gpu(cupy, spec, index)
     native = cupy.cuda.Device(index)
     return Device(f"gpu:{index}", array_namespace(cupy.asarray(0)), native)
+
+
+_working_gpus: set[int] = set()
+
+#: (text in the error, the library it means, what needs it)
+_CUDA_LIBRARIES = (
+    ("nvrtc", "NVRTC (libnvrtc), the CUDA runtime compiler", "every element-wise kernel is compiled by it"),
+    ("cublas", "cuBLAS (libcublas)", "matrix products need it"),
+    ("curand", "cuRAND (libcurand)", "random numbers on the GPU need it"),
+    ("cudart", "the CUDA runtime (libcudart)", "CuPy needs it"),
+    ("libcuda", "the NVIDIA driver library (libcuda)", "CUDA needs it"),
+)
+
+
+def _missing_library(exc: BaseException) -> str:
+    text = f"{type(exc).__name__} {exc}".lower()
+    for key, library, why in _CUDA_LIBRARIES:
+        if key in text:
+            return f"{library} is missing or unusable ({why})"
+    return "a CUDA library or the driver is missing or unusable"
+
+
+def _probe_gpu(cupy: Any, spec: str, index: int) -> None:
+    """Run a tiny element-wise kernel and a matmul on GPU ``index`` (once per process).
+
+    Importing CuPy and counting GPUs needs only the driver; the first kernel needs NVRTC and the
+    first matmul cuBLAS. Trying both here turns a missing library into a :class:`DeviceError`
+    naming it and the fix (so ``auto`` falls back to the CPU), not a crash at the first layer.
+    """
+    if index in _working_gpus:
+        return
+    try:
+        with cupy.cuda.Device(index):
+            a = cupy.arange(4, dtype=cupy.float32).reshape(2, 2)
+            b = a * 2.0 + 1.0
+            float((b @ b).sum())
+    except Exception as exc:  # CompileException, CUDARuntimeError, ImportError of a library, ...
+        raise DeviceError(
+            f"device {spec!r}: CuPy found gpu:{index} but cannot compute on it: {_missing_library(exc)} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Fix: {GPU_INSTALL_HINT}, or "
+            f"install the CUDA Toolkit and put its libraries on LD_LIBRARY_PATH; or use set_device('cpu')."
+        ) from exc
+    _working_gpus.add(index)
 
 
 _auto_warned = False

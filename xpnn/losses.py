@@ -66,7 +66,8 @@ class BinaryCrossEntropy(Loss):
             def backprop() -> Any:
                 return (sigmoid(z) - y) * (1.0 / n)
         else:
-            p = xp.clip(pred, self.eps, 1.0 - self.eps)
+            # minimum/maximum, not clip: array-api-compat's CuPy clip indexes with boolean masks (syncs)
+            p = xp.minimum(xp.maximum(pred, self.eps), 1.0 - self.eps)
             value = -xp.sum(y * xp.log(p) + (1.0 - y) * xp.log(1.0 - p)) / n
             inside = (pred > self.eps) & (pred < 1.0 - self.eps)
 

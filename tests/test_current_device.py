@@ -1,0 +1,134 @@
+"""CuPy's device rules on the CPU: the work on a model runs with the model's device made current,
+and a training step never waits for the device.
+
+:mod:`xpnn.instrumented` allocates where the *current* device is (ignoring ``device=``, as CuPy
+under array-api-compat does) and refuses arrays of another device, so a model on its second
+device, used while the first is current, fails wherever xpnn forgets to make the model's device
+current. It also counts host reads (``float()``, ``bool()``, ``to_numpy``, boolean masks).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import xpnn
+from xpnn import backend, distributed, instrumented, layers, losses, optim, train
+from xpnn.data import transforms
+
+
+@pytest.fixture
+def xp():
+    return instrumented.make(devices=2)
+
+
+def _cnn():
+    return xpnn.Sequential([layers.Conv2D(3, 4, 3, padding="same"), layers.BatchNorm2D(4), layers.ReLU(),
+                            layers.MaxPool2D(2), layers.Flatten(), layers.Dropout(0.2), layers.Linear(4 * 4 * 4, 3)])
+
+
+def _data(n=12):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), rng.integers(0, 3, n)
+
+
+def _augment():
+    return transforms.Compose([transforms.RandomHorizontalFlip(), transforms.RandomCrop(8, padding=1),
+                               transforms.ColorJitter(brightness=0.2, contrast=0.2)])
+
+
+def test_a_bare_layer_on_another_device_than_the_current_one_is_refused(xp):
+    """The stand-in catches what array-api-strict cannot: work on device 1 while device 0 is current."""
+    second = backend.Device.from_namespace(xp, xp.devices[1])
+    layer = layers.Conv2D(3, 4, 3).to(second)
+    x = backend.to_device(np.zeros((2, 3, 5, 5)), second, dtype="float32")
+    assert xp.current() is xp.devices[0]
+    with pytest.raises(instrumented.DeviceMismatch, match="on FakeDevice\\(1\\) but the current device is "
+                                                          "FakeDevice\\(0\\)"):
+        layer(x)
+    with backend.device_context(second):
+        layer(x)
+
+
+def test_model_on_the_second_device_trains_evaluates_and_predicts_while_the_first_is_current(xp):
+    second = backend.Device.from_namespace(xp, xp.devices[1])
+    x_host, y_host = _data()
+    with xpnn.use_device(second):
+        xpnn.seed(0)
+        model = _cnn()
+    assert xp.current() is xp.devices[0]
+    assert model.device == second
+
+    x = backend.to_device(x_host, second, dtype="float32")
+    out, backprop = model(x, train=True)
+    backprop(out)  # user code between the calls (out * 2) would need `with xpnn.use_device(model.device)`
+    sgd = optim.SGD(0.01, momentum=0.9)
+    sgd.step(model.parameters())
+    model.zero_grad()
+
+    history = model.fit(x_host, y_host, loss="cross_entropy", optimizer=optim.Adam(1e-3), epochs=2, batch_size=5,
+                        verbose=0, scale="unit", transform=_augment(), validation_data=(x_host, y_host))
+    assert len(history) == 2 and math.isfinite(history["val_loss"][-1])
+    assert set(model.evaluate(x_host, y_host, scale="unit")) == {"loss", "accuracy"}
+    assert model.predict(x_host, scale="unit").shape == (12, 3)
+    assert all(p.value.device is xp.devices[1] for p in model.parameters())
+    assert xp.current() is xp.devices[0], "the model's device is current only while working on it"
+
+
+def test_gradient_reduction_runs_on_the_parameters_device(xp):
+    from test_distributed import FakeMpi
+
+    second = backend.Device.from_namespace(xp, xp.devices[1])
+    with xpnn.use_device(second):
+        model = xpnn.Sequential([layers.Linear(4, 3), layers.ReLU(), layers.Linear(3, 2)])
+        for p in model.parameters():
+            p.grad = xp.ones(p.shape, dtype=xp.float32)
+    mpi = FakeMpi()
+    distributed.DataParallel(mpi, mpi).reduce_gradients(model.parameters(), 3, global_count=6)
+    for p in model.parameters():
+        assert p.grad.device is xp.devices[1]
+        np.testing.assert_allclose(backend.to_numpy(p.grad), 1.0)  # weight 1/2, summed over two equal ranks
+
+
+# --------------------------------------------------------------------------- no hidden syncs
+
+
+def _fit_reads(xp, batches, monkeypatch, sync_seconds):
+    monkeypatch.setattr(train, "SYNC_SECONDS", sync_seconds)
+    first = backend.Device.from_namespace(xp, xp.devices[0])
+    x_host, y_host = _data(5 * batches)
+    with xpnn.use_device(first):
+        xpnn.seed(0)
+        model = _cnn()
+        xp.reset()
+        model.fit(x_host, y_host, loss="cross_entropy", optimizer=optim.Adam(1e-3), epochs=1, batch_size=5,
+                  shuffle=True, seed=1, verbose=0, scale="unit", transform=_augment())
+    return dict(xp.host_reads)
+
+
+def test_a_training_step_never_reads_from_the_device(xp, monkeypatch):
+    """Host reads of fit: the same for 1 and 4 batches (only the end-of-epoch metric read: the stacked
+    losses, the loss sum and the correct count), and with a metric read forced after every step,
+    those three per step plus the two sums at the epoch's end."""
+    one = _fit_reads(xp, 1, monkeypatch, math.inf)
+    four = _fit_reads(xp, 4, monkeypatch, math.inf)
+    assert one == four, f"steps read from the device: {one} for 1 batch, {four} for 4"
+    assert sum(one.values()) <= 4 and "boolean mask" not in one
+    every_step = _fit_reads(xp, 4, monkeypatch, 0.0)
+    assert sum(one.values()) == 3
+    assert sum(every_step.values()) == 4 * 3 + 2
+
+
+def test_probability_cross_entropy_and_color_jitter_do_not_sync(xp):
+    with xpnn.use_device(backend.Device.from_namespace(xp, xp.devices[0])):
+        pred = xpnn.to_device(np.array([[0.0], [0.3], [1.0]]), dtype="float32")
+        target = xpnn.to_device(np.array([[0.0], [1.0], [1.0]]), dtype="float32")
+        images = xpnn.to_device(np.random.default_rng(0).random((4, 3, 6, 6)), dtype="float32")
+        xp.reset()
+        value, backprop = losses.BinaryCrossEntropy(from_logits=False)(pred, target)
+        backprop()
+        transforms.ColorJitter(brightness=0.5, contrast=0.5)(images)
+        transforms.RandomCrop(6, padding=2)(images)
+        assert dict(xp.host_reads) == {}
+        assert math.isfinite(float(value))

@@ -234,7 +234,8 @@ class _Meter:
             if target.ndim == 2 and self.loss.task == "multiclass":
                 target = xp.argmax(target, axis=1)
             truth = xp.reshape(target, tuple(predicted.shape))
-            self.correct = self.correct + xp.sum(xp.astype(predicted == xp.astype(truth, predicted.dtype), xp.int64))
+            self.correct = self.correct + xp.sum(xp.astype(predicted == xp.astype(truth, predicted.dtype, copy=False),
+                                                           xp.int64))
 
     def sync(self, batches_per_epoch: int | None = None) -> dict[str, float]:
         """Read the sums to the host (one transfer); raise if any pending batch loss is not finite."""

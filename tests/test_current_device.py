@@ -132,3 +132,53 @@ def test_probability_cross_entropy_and_color_jitter_do_not_sync(xp):
         transforms.RandomCrop(6, padding=2)(images)
         assert dict(xp.host_reads) == {}
         assert math.isfinite(float(value))
+
+
+# --------------------------------------------------------------------------- inputs on the device
+
+
+def test_inputs_already_on_the_models_device_never_go_to_the_host(xp, monkeypatch):
+    """fit/evaluate/predict cut batches of device inputs on the device (slices, or a gather by the
+    shuffled indices); the results equal training on host copies of the same data."""
+    second = backend.Device.from_namespace(xp, xp.devices[1])
+    x_host, y_host = _data(14)
+    x_host = x_host.astype(np.float32) / 255
+    models = []
+    for on_device in (False, True):
+        with xpnn.use_device(second):
+            xpnn.seed(0)
+            models.append(_cnn())
+        x, y = (backend.to_device(x_host, second), backend.to_device(y_host, second)) if on_device else (x_host, y_host)
+        moved, read = [], []
+        real_to_device, real_to_numpy = backend.to_device, backend.to_numpy
+        monkeypatch.setattr(backend, "to_device", lambda a, *args, **kw: (moved.append(np.shape(a)),
+                                                                          real_to_device(a, *args, **kw))[1])
+        monkeypatch.setattr(backend, "to_numpy", lambda a: (read.append(tuple(a.shape)), real_to_numpy(a))[1])
+        models[-1].fit(x, y, loss="cross_entropy", optimizer=optim.Adam(1e-2), epochs=2, batch_size=4, seed=3,
+                       verbose=0, validation_data=(x, y))
+        logs = models[-1].evaluate(x, y)
+        out = models[-1].predict(x, to_host=False)
+        monkeypatch.undo()
+        if on_device:
+            assert not [s for s in moved if len(s) == 4], f"device inputs were moved again: {moved}"
+            assert not [s for s in read if len(s) == 4], f"device inputs were read to the host: {read}"
+            np.testing.assert_allclose(backend.to_numpy(out), expected_out, rtol=1e-5, atol=1e-6)
+            assert logs == pytest.approx(expected_logs, rel=1e-5)
+        else:
+            assert [s for s in moved if len(s) == 4], "host inputs are moved batch by batch"
+            expected_out, expected_logs = backend.to_numpy(out), logs
+    for a, b in zip(*(m.state_dict().values() for m in models)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_device_inputs_with_nan_are_refused_before_training(xp):
+    first = backend.Device.from_namespace(xp, xp.devices[0])
+    with xpnn.use_device(first):
+        model = _cnn()
+        x = np.zeros((4, 3, 8, 8), dtype=np.float32)
+        x[2, 1, 0, 0] = np.nan
+        before = model.state_dict()
+        with pytest.raises(xpnn.errors.DataError, match="x contains 1 NaN/inf value\\(s\\); the first is in sample 2"):
+            model.fit(xpnn.to_device(x), xpnn.to_device(np.zeros(4, dtype=np.int64)), loss="cross_entropy", verbose=0)
+        for key, value in model.state_dict().items():
+            np.testing.assert_array_equal(value, before[key])

@@ -380,7 +380,7 @@ def to_device(host: Any, device: "str | Device | None" = None, dtype: "str | Any
     """
     target = resolve(device)
     if not isinstance(host, np.ndarray):
-        host = to_numpy(host) if _is_device_array(host) else np.asarray(host)
+        host = to_numpy(host) if is_array(host) else np.asarray(host)
     xp = target.xp
     on_gpu = is_cupy_namespace(xp)
     with device_context(target):
@@ -393,12 +393,14 @@ def to_device(host: Any, device: "str | Device | None" = None, dtype: "str | Any
     return moved
 
 
-def _is_device_array(obj: Any) -> bool:
+def is_array(obj: Any) -> bool:
+    """Whether ``obj`` is an array of some array-API library (NumPy included), not a list or a scalar."""
     try:
         array_namespace(obj)
     except TypeError:
         return False
     return not isinstance(obj, (list, tuple, int, float))
+
 
 
 def to_numpy(array: Any) -> np.ndarray:

@@ -269,7 +269,7 @@ class DataParallel:
         """Check that ranks agree, copy rank 0's model to all, and wrap ``loader`` to shard its batches."""
         from .train import SYNC_SECONDS
 
-        self.check_agreement(model, {"training samples": len(loader.x), "batch size": loader.batch_size,
+        self.check_agreement(model, {"training samples": int(loader.x.shape[0]), "batch size": loader.batch_size,
                                      "shuffle": bool(loader.shuffle),
                                      "optimizer": getattr(optimizer, "config", dict)()})
         self.broadcast_parameters(model)
@@ -445,7 +445,7 @@ class DataParallel:
         """:func:`xpnn.train.evaluate` on this rank's slice of ``(x, y)``, combined over ranks."""
         from .train import evaluate
 
-        lo, hi = shard_bounds(len(x), self.rank, self.size)
+        lo, hi = shard_bounds(int(x.shape[0]), self.rank, self.size)
         mine = evaluate(model, x[lo:hi], y[lo:hi], **kwargs) if hi > lo else {}
         gathered = [(n, logs) for n, logs in self.mpi.allgather((hi - lo, mine)) if n]
         total = sum(n for n, _ in gathered)

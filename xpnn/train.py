@@ -195,14 +195,31 @@ def _host(array: Any, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be an array, got {type(array).__name__}") from exc
 
 
-def _prepare(model: Any, x: Any, y: Any, loss: Loss, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    """Host copies of ``x``/``y`` checked against the model and the loss (before any step runs)."""
-    x_host, y_host = _host(x, names[0]), _host(y, names[1])
-    check_inputs(x_host, names[0])
-    check_lengths(x_host, y_host, *names)
-    out_shape = model.build(x_host.shape[1:], batch_size=len(x_host))
+def _inputs(model: Any, array: Any, name: str) -> Any:
+    """User inputs checked (:func:`check_inputs`): an array already on the model's device as it is,
+    so it never goes to the host and back (one flag is read for the NaN/inf check), else on the host."""
+    if isinstance(array, np.ndarray) or not backend.is_array(array) or backend.device_of(array) != model.device:
+        host = _host(array, name)
+        check_inputs(host, name)
+        return host
+    xp = array_namespace(array)
+    if (array.ndim == 0 or int(array.shape[0]) == 0
+            or (xp.isdtype(array.dtype, "real floating") and not bool(xp.all(xp.isfinite(array))))):
+        check_inputs(backend.to_numpy(array), name)  # the host copy only to word the error
+    return array
+
+
+def _prepare(model: Any, x: Any, y: Any, loss: Loss, names: tuple[str, str]) -> tuple[Any, Any]:
+    """``x``/``y`` checked against the model and the loss (before any step runs): host arrays, or
+    the arrays themselves where they are on the model's device (the labels are read once to check)."""
+    x_data = _inputs(model, x, names[0])
+    y_data = y if backend.is_array(y) and not isinstance(y, np.ndarray) and backend.device_of(y) == model.device \
+        else _host(y, names[1])
+    y_host = _host(y_data, names[1])
+    check_lengths(range(int(x_data.shape[0])), y_host, *names)  # only the lengths are compared
+    out_shape = model.build(tuple(x_data.shape[1:]), batch_size=int(x_data.shape[0]))
     check_targets(loss, y_host, out_shape, names[1])
-    return x_host, y_host
+    return x_data, y_data
 
 
 class _Meter:
@@ -310,7 +327,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     optimizer = get_optimizer(optimizer) if optimizer is not None else (model.optimizer or SGD(lr=0.01))
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    x_host, y_host = _prepare(model, x, y, loss, ("x", "y"))
+    x_data, y_data = _prepare(model, x, y, loss, ("x", "y"))
     val = None
     if validation_data is not None:
         if len(validation_data) != 2:
@@ -318,9 +335,10 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
         val = _prepare(model, *validation_data, loss, ("x_val", "y_val"))
     model.loss, model.optimizer = loss, optimizer
     model.stop_training = False
-    if batch_size is None or batch_size >= len(x_host):
-        batch_size, shuffle = len(x_host), False  # one batch: its order does not change the gradient
-    loader = DataLoader(x_host, y_host, batch_size, shuffle=shuffle, seed=seed, device=model.device,
+    samples = int(x_data.shape[0])
+    if batch_size is None or batch_size >= samples:
+        batch_size, shuffle = samples, False  # one batch: its order does not change the gradient
+    loader = DataLoader(x_data, y_data, batch_size, shuffle=shuffle, seed=seed, device=model.device,
                         dtype=model.dtype, scale=scale, transform=transform)
     strategy = distributed.active()
     if strategy is not None:
@@ -341,7 +359,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
             optimizer.set_epoch(epoch)
         loader.set_epoch(epoch)
         meter = _Meter(loss, epoch, None if strategy is None else strategy.reduce_metrics)
-        bar = _progress(verbose, len(x_host), epoch, epochs)
+        bar = _progress(verbose, samples, epoch, epochs)
         started = last_sync = time.perf_counter()
         try:
             for xb, yb in loader:
@@ -378,7 +396,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
             if bar is not None:
                 bar.write(f"epoch {epoch + 1}/{epochs} validation: {_format(val_logs)}", file=sys.stderr)
         logs["seconds"] = seconds
-        logs["samples_per_second"] = len(x_host) / seconds if seconds > 0 else math.inf
+        logs["samples_per_second"] = samples / seconds if seconds > 0 else math.inf
         if hasattr(optimizer, "lr"):
             logs["lr"] = float(optimizer.lr)
         history.append(epoch + 1, logs)
@@ -400,8 +418,8 @@ def evaluate(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, ba
     if loss is None and model.loss is None:
         raise ValueError("evaluate needs a loss: pass loss=..., or fit the model first")
     loss = get_loss(loss if loss is not None else model.loss)
-    x_host, y_host = _prepare(model, x, y, loss, ("x", "y"))
-    loader = DataLoader(x_host, y_host, batch_size, device=model.device, dtype=model.dtype, scale=scale)
+    x_data, y_data = _prepare(model, x, y, loss, ("x", "y"))
+    loader = DataLoader(x_data, y_data, batch_size, device=model.device, dtype=model.dtype, scale=scale)
     meter = _Meter(loss, 0)
     for idx in loader.batch_indices():
         xb, yb = loader.take(idx)
@@ -415,10 +433,9 @@ def evaluate(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, ba
 def predict(model: Any, x: Any, *, batch_size: int = 256, scale: Any = None, to_host: bool = True) -> Any:
     """Model outputs for ``x`` in eval mode, batch by batch: a NumPy array (or device array if
     ``to_host=False``). Apply the output activation yourself if the model ends in logits."""
-    x_host = _host(x, "x")
-    check_inputs(x_host, "x")
-    model.build(x_host.shape[1:])
-    loader = DataLoader(x_host, None, batch_size, device=model.device, dtype=model.dtype, scale=scale)
+    x_data = _inputs(model, x, "x")
+    model.build(tuple(x_data.shape[1:]))
+    loader = DataLoader(x_data, None, batch_size, device=model.device, dtype=model.dtype, scale=scale)
     outputs = [model(loader.take(idx)[0], train=False)[0] for idx in loader.batch_indices()]
     xp = array_namespace(outputs[0])
     out = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=0)

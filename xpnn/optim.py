@@ -427,7 +427,8 @@ class Optimizer:
                                      f"the parameter has {tuple(value.shape)}")
                 moved = backend.to_device(host, where, dtype=value.dtype)
                 # to_device may return a view of the host array on the CPU; the state must own its memory.
-                restored[pname][key] = xp.asarray(moved, copy=True)
+                with backend.device_context(where):
+                    restored[pname][key] = xp.asarray(moved, copy=True)
         self.state = restored
         self._checked = None
         self._packed_key = None

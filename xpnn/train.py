@@ -195,10 +195,15 @@ def _host(array: Any, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be an array, got {type(array).__name__}") from exc
 
 
+def _on_models_device(model: Any, array: Any) -> bool:
+    """Whether ``array`` is a (non-NumPy) array already on the model's device."""
+    return not isinstance(array, np.ndarray) and backend.is_array(array) and backend.device_of(array) == model.device
+
+
 def _inputs(model: Any, array: Any, name: str) -> Any:
     """User inputs checked (:func:`check_inputs`): an array already on the model's device as it is,
     so it never goes to the host and back (one flag is read for the NaN/inf check), else on the host."""
-    if isinstance(array, np.ndarray) or not backend.is_array(array) or backend.device_of(array) != model.device:
+    if not _on_models_device(model, array):
         host = _host(array, name)
         check_inputs(host, name)
         return host
@@ -213,8 +218,7 @@ def _prepare(model: Any, x: Any, y: Any, loss: Loss, names: tuple[str, str]) -> 
     """``x``/``y`` checked against the model and the loss (before any step runs): host arrays, or
     the arrays themselves where they are on the model's device (the labels are read once to check)."""
     x_data = _inputs(model, x, names[0])
-    y_data = y if backend.is_array(y) and not isinstance(y, np.ndarray) and backend.device_of(y) == model.device \
-        else _host(y, names[1])
+    y_data = y if _on_models_device(model, y) else _host(y, names[1])
     y_host = _host(y_data, names[1])
     check_lengths(range(int(x_data.shape[0])), y_host, *names)  # only the lengths are compared
     out_shape = model.build(tuple(x_data.shape[1:]), batch_size=int(x_data.shape[0]))
@@ -306,7 +310,6 @@ def _on_model_device(run: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @_on_model_device
-
 def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimizer: Any = None, epochs: int = 1,
         batch_size: int | None = 32, shuffle: bool = True, seed: int | None = None,
         validation_data: tuple[Any, Any] | None = None, callbacks: Sequence[Callback] = (), verbose: int = 1,

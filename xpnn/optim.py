@@ -19,7 +19,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, is_numpy_namespace
 
 from . import backend
 from .layers.base import Parameter
@@ -271,7 +271,9 @@ class Optimizer:
 
         The parameters are updated together: one flat buffer per (device, dtype, step count) group,
         so a step is a dozen array operations (GPU kernels) whatever the number of parameters
-        (the idea of PyTorch's foreach/fused optimizers). The first step, and any step after the
+        (the idea of PyTorch's foreach/fused optimizers). On NumPy, where an operation costs no
+        launch, each parameter's view of the buffers is updated in turn, which spares copying the
+        gradients into one buffer; the arithmetic is the same. The first step, and any step after the
         set of parameters or one of their arrays was replaced (``load_state_dict``, ``model.to``,
         a layer unfrozen), copies them into the buffer and makes each ``Parameter.value`` (and each
         state array in ``self.state``) a view of it; an array taken from a parameter before that
@@ -286,15 +288,18 @@ class Optimizer:
             return
         lr = self._lr
         for group in self._packed(active):
-            with backend.device_context(group.device):
-                grads = [param.grad for param in group.params]
-                xp = group.xp
-                if len(grads) == 1:
-                    grad = xp.reshape(grads[0], (-1,))
-                else:
-                    grad = xp.concat([xp.reshape(g, (-1,)) for g in grads])
-                group.step += 1
-                self._update(group.flat, grad, group.state, group.step, lr)
+            group.step += 1
+            if is_numpy_namespace(group.xp):
+                # on the CPU an operation costs no launch, and the flat update would first copy every
+                # gradient into one buffer: update each parameter's view of the buffers instead
+                for param in group.params:
+                    self._update(param.value, param.grad, self.state.get(param.name, {}), group.step, lr)
+            else:
+                with backend.device_context(group.device):
+                    xp = group.xp
+                    grads = [xp.reshape(param.grad, (-1,)) for param in group.params]
+                    grad = grads[0] if len(grads) == 1 else xp.concat(grads)
+                    self._update(group.flat, grad, group.state, group.step, lr)
             if self._counts_steps:
                 for param in group.params:
                     self.state[param.name]["step"] = group.step

@@ -9,8 +9,8 @@ namespace forwards each function to ``array_api_compat.numpy`` and records:
   ``empty`` (an allocation, no kernel) and no-op ``astype``/``asarray`` are free.
 * ``host_reads``: everything that waits for the device and brings a value back: ``float()``,
   ``int()``, ``bool()``, ``__index__``, ``numpy.asarray(array)`` (what ``xpnn.to_numpy`` does),
-  and data-dependent shapes (boolean-mask indexing, ``nonzero``, ``unique_*``), which CuPy must
-  sync to size.
+  data-dependent shapes (boolean-mask indexing, ``nonzero``, ``unique_*``), which CuPy must
+  sync to size, and ``clip``, which array-api-compat implements for CuPy with boolean masks.
 
 Devices work as in CuPy, not as the standard says: creation functions ignore ``device=`` and
 allocate on the *current* device (``with device:`` or ``device.use()``, as ``cupy.cuda.Device``),
@@ -66,8 +66,9 @@ class FakeDevice:
 _FREE = {"permute_dims", "matrix_transpose", "broadcast_to", "broadcast_arrays", "expand_dims", "squeeze", "flip",
          "moveaxis", "unstack", "empty", "empty_like", "isdtype", "finfo", "iinfo", "result_type", "can_cast",
          "broadcast_shapes"}
-# Functions whose output size depends on the data: CuPy syncs to learn it.
-_SYNCING = {"nonzero", "unique_all", "unique_counts", "unique_inverse", "unique_values", "argwhere"}
+# Functions whose output size depends on the data: CuPy syncs to learn it. And ``clip``: for CuPy,
+# array-api-compat's generic ``clip`` indexes with boolean masks, each of which syncs.
+_SYNCING = {"nonzero", "unique_all", "unique_counts", "unique_inverse", "unique_values", "argwhere", "clip"}
 # Creation functions: allocate on the current device whatever ``device=`` says (CuPy under array-api-compat).
 _CREATION = {"zeros", "ones", "full", "empty", "arange", "linspace", "eye", "zeros_like", "ones_like", "full_like",
              "empty_like", "tril", "triu"}

@@ -427,9 +427,9 @@ def test_flat_update_equals_one_optimizer_per_parameter_as_the_trainable_set_cha
                                            rtol=1e-6, atol=1e-7)
 
 
-def test_flat_buffers_follow_replaced_parameter_arrays(device):
-    """Loading weights (new arrays) or casting the model after steps repacks: the next step starts
-    from the loaded values, and save/resume of the model and the optimizer stay exact."""
+def test_flat_buffers_follow_replaced_parameter_arrays(device, tmp_path):
+    """Loading weights (new arrays), moving or casting the model after steps repacks: the next step
+    starts from the loaded values; a model file saved from the packed views loads back exactly."""
     import xpnn
     from xpnn import layers
 
@@ -454,7 +454,18 @@ def test_flat_buffers_follow_replaced_parameter_arrays(device):
     step()
     after = model.state_dict()
     assert not np.array_equal(after["0.weight"], before["0.weight"]), "the loaded arrays must be the ones updated"
-    model.to(dtype="float64")
+    xpnn.save(model, tmp_path / "packed.npz")
+    loaded = xpnn.load(tmp_path / "packed.npz")
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key], value)
+    model.to("cpu")
+    x_cpu = backend.to_device(backend.to_numpy(x), "cpu")
+    out, backprop = model(x_cpu, train=True)
+    backprop(out)
+    opt.step(model.parameters())
+    model.zero_grad()
+    assert all(backend.device_of(v) == "cpu" for s in opt.state.values() for v in s.values() if not isinstance(v, int))
+    model.to(device, dtype="float64")
     x = backend.to_device(backend.to_numpy(x), device, dtype="float64")
     step()
     assert model.dtype == "float64"

@@ -354,7 +354,8 @@ class Optimizer:
                     parts = []
                     for param in members:
                         old = self.state.get(param.name, {}).get(key)
-                        parts.append(xp.zeros_like(param.value) if old is None else _moved(old, where, param.value.dtype))
+                        parts.append(xp.zeros_like(param.value) if old is None
+                                     else _moved(old, where, param.value.dtype))
                     state[key] = _concat_flat(xp, parts)
                 for param, (lo, hi) in zip(members, bounds):
                     entries = {key: xp.reshape(state[key][lo:hi], param.shape) for key in state}

@@ -62,9 +62,12 @@ def test_random_uniform_stays_on_device(device):
     assert values.dtype == np.float32 and (values >= 0).all() and (values < 1).all()
 
 
-@pytest.mark.parametrize("spec", ["gpu", "gpu:0", "gpu:1", "cuda:0"])
+@pytest.mark.parametrize("spec", ["gpu", "gpu:0", "gpu:N", "cuda:0"])
 def test_explicit_gpu_request_never_falls_back(spec):
-    if len(xpnn.devices()) > 1 and spec != "gpu:1":
+    gpus = len(xpnn.devices()) - 1
+    if spec == "gpu:N":
+        spec = f"gpu:{max(gpus, 1)}"  # one past the last GPU, however many this machine has
+    elif gpus:
         pytest.skip("a GPU is present")
     with pytest.raises(xpnn.DeviceError) as info:
         xpnn.set_device(spec)
@@ -118,3 +121,55 @@ def test_seed_gives_same_initial_weights_on_every_backend():
     for other in weights[1:]:
         for key, value in weights[0].items():
             np.testing.assert_array_equal(value, other[key])
+
+
+class _FailingCupy:
+    """Stands in for a CuPy whose driver sees a GPU but whose ``library`` cannot be loaded."""
+
+    float32 = "float32"
+
+    def __init__(self, library):
+        self.library = library
+        outer = self
+
+        class Device:
+            def __init__(self, index):
+                self.id = index
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        class Runtime:
+            @staticmethod
+            def getDeviceCount():
+                return 1
+
+        self.cuda = type("cuda", (), {"Device": Device, "runtime": Runtime})
+
+        def arange(*args, **kwargs):
+            raise RuntimeError(f"CompileException: {outer.library}: cannot open shared object file")
+
+        self.arange = arange
+
+
+@pytest.mark.parametrize("library, named", [("libnvrtc.so.12", "NVRTC"), ("libcublas.so.12", "cuBLAS"),
+                                            ("something else", "a CUDA library or the driver")])
+def test_gpu_that_cannot_compute_is_a_device_error_and_auto_falls_back(monkeypatch, library, named):
+    monkeypatch.setattr(backend, "_import_cupy", lambda spec: _FailingCupy(library))
+    monkeypatch.setattr(backend, "_working_gpus", set())
+    monkeypatch.setattr(backend, "_auto_warned", False)
+    with pytest.raises(xpnn.DeviceError) as info:
+        xpnn.set_device("gpu:0")
+    message = str(info.value)
+    assert "CuPy found gpu:0 but cannot compute on it" in message and named in message
+    assert 'pip install "xpnn[gpu]"' in message and "cupy-cuda12x[ctk]" in message
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert xpnn.get_device() == "cpu"
+    try:
+        with pytest.warns(UserWarning, match=f"found no GPU and uses the CPU.*{named}"):
+            assert xpnn.set_device("auto").name == "cpu"
+    finally:
+        xpnn.set_device("cpu")

@@ -340,3 +340,41 @@ def test_error_gpu_that_is_not_there():
     if len(xpnn.devices()) > 1:
         pytest.skip("this machine has a GPU")
     assert_user_error(xpnn_cmd("train", "--device", "gpu:0", check=False), "gpu:0", "--device cpu")
+
+
+def test_devices_shows_a_gpu_that_fails_the_availability_check(monkeypatch, capsys):
+    """A GPU whose CUDA libraries are missing is listed as unusable, with the library, and auto picks the CPU."""
+    import importlib.util
+    import types
+
+    from xpnn import backend, cli
+
+    failing = types.SimpleNamespace(float32="float32")
+
+    class Device:
+        def __init__(self, index):
+            self.id = index
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def arange(*args, **kwargs):
+        raise RuntimeError("CompileException: libnvrtc.so.12: cannot open shared object file")
+
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, memGetInfo=lambda: (70 * 2**30, 80 * 2**30),
+                                    getDeviceProperties=lambda i: {"name": b"Test GPU"})
+    failing.cuda = types.SimpleNamespace(Device=Device, runtime=runtime)
+    failing.arange = arange
+    monkeypatch.setitem(sys.modules, "cupy", failing)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "cupy" else None)
+    monkeypatch.setattr(backend, "_import_cupy", lambda spec: failing)
+    monkeypatch.setattr(backend, "_working_gpus", set())
+    monkeypatch.setattr(cli, "_versions", lambda: {"xpnn": "test"})
+    assert cli.cmd_devices(types.SimpleNamespace(json=False)) == 0
+    out = capsys.readouterr().out
+    assert "gpu:0   Test GPU, 80.0 GiB (70.0 GiB free): UNUSABLE: device 'gpu:0': CuPy found gpu:0 but cannot " \
+           "compute on it: NVRTC (libnvrtc)" in out
+    assert "--device auto picks: cpu (device 'gpu:0': CuPy found gpu:0 but cannot compute on it: NVRTC" in out

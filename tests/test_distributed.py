@@ -143,6 +143,7 @@ def test_launched_without_mpi4py_says_how_to_install(clean_launcher):
 
 
 def test_device_choice_follows_the_local_rank(clean_launcher):
+    clean_launcher.setattr(backend, "devices", lambda: ["cpu", "gpu:0", "gpu:1", "gpu:2"])
     assert distributed._device_spec("gpu", 1) == "gpu:1"
     assert distributed._device_spec("cuda", 0) == "gpu:0"
     assert distributed._device_spec("cpu", 1) == "cpu"
@@ -151,6 +152,12 @@ def test_device_choice_follows_the_local_rank(clean_launcher):
     assert distributed._device_spec(None, 2) == "gpu:2"
     clean_launcher.setattr(backend, "devices", lambda: ["cpu", "gpu:0", "gpu:1"])
     assert distributed._device_spec("auto", 1) == "gpu:1"
+    assert distributed._device_spec("gpu", 3) == "gpu:1", "ranks map to GPUs modulo the visible count"
+    # one GPU per rank (Slurm --gpus-per-task=1, CUDA_VISIBLE_DEVICES per rank): every rank sees gpu:0
+    clean_launcher.setattr(backend, "devices", lambda: ["cpu", "gpu:0"])
+    assert [distributed._device_spec(spec, local) for spec in ("gpu", "auto") for local in (0, 1, 5)] == ["gpu:0"] * 6
+    clean_launcher.setattr(backend, "devices", lambda: ["cpu"])
+    assert distributed._device_spec("gpu", 1) == "gpu", "an explicit GPU request is left to set_device to refuse"
     clean_launcher.setattr(backend, "devices", lambda: ["cpu"])
     with pytest.warns(UserWarning, match="no GPU"):
         assert distributed._device_spec("auto", 0) == "cpu"
@@ -179,7 +186,7 @@ def test_cpu_devices_use_mpi_without_touching_nccl(monkeypatch):
 def test_nccl_is_chosen_and_called_as_cupy_documents(monkeypatch):
     nccl = FakeNccl()
     monkeypatch.setattr(distributed, "_load_nccl", lambda: nccl)
-    mpi = FakeMpi(rank=1, size=2, others=[(None, "node0", "gpu:0")])
+    mpi = FakeMpi(rank=1, size=2, others=[(None, "node0", "gpu:0", "gpu:0")])
     stream = types.SimpleNamespace(ptr=1234)
     comm = distributed.select_gradient_comm(mpi, fake_gpu(nccl))
     assert isinstance(comm, distributed._NcclComm) and comm.name == "nccl"
@@ -197,17 +204,37 @@ def test_unusable_nccl_falls_back_to_mpi_on_every_rank(monkeypatch, problem):
         def load():
             raise ImportError("libnccl.so.2: cannot open shared object file")
         monkeypatch.setattr(distributed, "_load_nccl", load)
-        others = [(None, "node0", "gpu:0")]
+        others = [(None, "node0", "gpu:0", "gpu:0")]
     else:
         monkeypatch.setattr(distributed, "_load_nccl", lambda: nccl)
-        others = [("ImportError: no NCCL", "node0", "gpu:0")] if problem == "missing elsewhere" else \
-            [(None, "node0", "gpu:1")]
+        others = [("ImportError: no NCCL", "node0", "gpu:0", "gpu:0")] if problem == "missing elsewhere" else \
+            [(None, "node0", "gpu:1", "gpu:1")]
     mpi = FakeMpi(rank=0, size=2, others=others)
     with pytest.warns(UserWarning, match="NCCL is unusable.*MPI through host memory"):
         assert distributed.select_gradient_comm(mpi, fake_gpu()) is mpi
     assert nccl.calls == []
     with pytest.raises(distributed.DistributedError, match="'nccl' was requested"):
         distributed.select_gradient_comm(mpi, fake_gpu(), "nccl")
+
+
+class _PciNative(_Native):
+    def __init__(self, nccl, bus):
+        super().__init__(nccl)
+        self.pci_bus_id = bus
+
+
+def test_one_gpu_per_rank_is_not_taken_for_a_shared_gpu(monkeypatch):
+    """Every rank's GPU is gpu:0 when each sees only its own; the PCI bus ids tell them apart."""
+    nccl = FakeNccl()
+    monkeypatch.setattr(distributed, "_load_nccl", lambda: nccl)
+    mine = backend.Device("gpu:0", types.ModuleType("cupy"), _PciNative(nccl, "0000:3B:00.0"))
+    assert backend.gpu_identity(mine) == "0000:3B:00.0"
+    mpi = FakeMpi(rank=0, size=2, others=[(None, "node0", "gpu:0", "0000:86:00.0")])
+    assert isinstance(distributed.select_gradient_comm(mpi, mine), distributed._NcclComm)
+    shared = FakeMpi(rank=0, size=2, others=[(None, "node0", "gpu:0", "0000:3B:00.0")])
+    with pytest.raises(distributed.DistributedError, match=r"ranks 0 and 1 share one GPU on node0 \(gpu:0, "
+                                                           r"0000:3B:00.0\)"):
+        distributed.select_gradient_comm(shared, mine, "nccl")
 
 
 def test_backend_variable_forces_mpi(monkeypatch):

@@ -23,12 +23,13 @@ from array_api_compat import device as native_device_of
 from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_namespace
 
 __all__ = [
-    "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device",
+    "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device", "device_context",
     "devices", "device_of", "to_device", "to_numpy", "seed", "host_rng", "rng_state", "set_rng_state",
     "random_uniform", "ARRAY_LIBRARIES", "register_array_library",
 ]
 
-GPU_INSTALL_HINT = 'pip install "xpnn[gpu]" (CuPy for CUDA 12; use cupy-cuda13x for CUDA 13)'
+GPU_INSTALL_HINT = ('pip install "xpnn[gpu]" (CuPy for CUDA 12 with the CUDA libraries it needs, cupy-cuda12x[ctk]; '
+                    'with a CUDA 13 driver install "cupy-cuda13x[ctk]" instead)')
 
 
 class DeviceError(RuntimeError):
@@ -127,8 +128,52 @@ def _gpu_device(spec: str, index: int) -> Device:
             f"device {spec!r}: GPU index {index} is out of range; this machine has {count} "
             f"GPU(s): {', '.join(f'gpu:{i}' for i in range(count))}."
         )
+    _probe_gpu(cupy, spec, index)
     native = cupy.cuda.Device(index)
     return Device(f"gpu:{index}", array_namespace(cupy.asarray(0)), native)
+
+
+_working_gpus: set[int] = set()
+
+#: (text in the error, the library it means, what needs it)
+_CUDA_LIBRARIES = (
+    ("nvrtc", "NVRTC (libnvrtc), the CUDA runtime compiler", "every element-wise kernel is compiled by it"),
+    ("cublas", "cuBLAS (libcublas)", "matrix products need it"),
+    ("curand", "cuRAND (libcurand)", "random numbers on the GPU need it"),
+    ("cudart", "the CUDA runtime (libcudart)", "CuPy needs it"),
+    ("libcuda", "the NVIDIA driver library (libcuda)", "CUDA needs it"),
+)
+
+
+def _missing_library(exc: BaseException) -> str:
+    text = f"{type(exc).__name__} {exc}".lower()
+    for key, library, why in _CUDA_LIBRARIES:
+        if key in text:
+            return f"{library} is missing or unusable ({why})"
+    return "a CUDA library or the driver is missing or unusable"
+
+
+def _probe_gpu(cupy: Any, spec: str, index: int) -> None:
+    """Run a tiny element-wise kernel and a matmul on GPU ``index`` (once per process).
+
+    Importing CuPy and counting GPUs needs only the driver; the first kernel needs NVRTC and the
+    first matmul cuBLAS. Trying both here turns a missing library into a :class:`DeviceError`
+    naming it and the fix (so ``auto`` falls back to the CPU), not a crash at the first layer.
+    """
+    if index in _working_gpus:
+        return
+    try:
+        with cupy.cuda.Device(index):
+            a = cupy.arange(4, dtype=cupy.float32).reshape(2, 2)
+            b = a * 2.0 + 1.0
+            float((b @ b).sum())
+    except Exception as exc:  # CompileException, CUDARuntimeError, ImportError of a library, ...
+        raise DeviceError(
+            f"device {spec!r}: CuPy found gpu:{index} but cannot compute on it: {_missing_library(exc)} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Fix: {GPU_INSTALL_HINT}, or "
+            f"install the CUDA Toolkit and put its libraries on LD_LIBRARY_PATH; or use set_device('cpu')."
+        ) from exc
+    _working_gpus.add(index)
 
 
 _auto_warned = False
@@ -231,6 +276,9 @@ def set_device(spec: "str | Device") -> Device:
     """
     global _default
     _default = _parse(spec)
+    use = getattr(_default.native, "use", None)
+    if use is not None and _needs_context(_default):
+        use()  # CuPy: new arrays of this thread go to this GPU from now on
     return _default
 
 
@@ -248,9 +296,34 @@ def use_device(spec: "str | Device") -> Iterator[Device]:
         stack = _state.stack = []
     stack.append(device)
     try:
-        yield device
+        with device_context(device):
+            yield device
     finally:
         stack.pop()
+
+
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def _needs_context(device: Device) -> bool:
+    native = device.native
+    return hasattr(native, "__enter__") and not isinstance(native, str) and not is_torch_namespace(device.xp)
+
+
+def device_context(device: "Device | None") -> Any:
+    """A context manager that makes ``device`` its library's *current* device for the block.
+
+    CuPy allocates on the current CUDA device whatever ``device=`` says (array-api-compat passes
+    ``device=`` on only in ``asarray``), and refuses to run kernels on arrays of another GPU. So
+    the work on a model (``model(x)`` and its backward pass, ``fit``, ``evaluate``, ``predict``,
+    optimizer steps, distributed reductions) runs inside this context of the model's device:
+    the one place that decides it, never the layers. A native device that is a context manager
+    (``cupy.cuda.Device``, the test stand-in in :mod:`xpnn.instrumented`) is entered; for
+    NumPy, array-api-strict and PyTorch, which honour ``device=``, it does nothing. Re-entrant.
+    """
+    if device is None or not _needs_context(device):
+        return _NO_CONTEXT
+    return device.native
 
 
 def devices() -> list[str]:
@@ -262,6 +335,31 @@ def devices() -> list[str]:
     except Exception:
         pass
     return names
+
+
+def gpu_identity(device: Device) -> str:
+    """What tells two processes' GPUs apart on one machine: the PCI bus id (else the UUID, else the name).
+
+    Names do not: with one GPU per process (``CUDA_VISIBLE_DEVICES``) every process has a ``gpu:0``.
+    """
+    native = device.native
+    for attribute in ("pci_bus_id", "uuid"):
+        try:
+            value = getattr(native, attribute, None)
+        except Exception:  # a CUDA call that failed: fall back to the next
+            value = None
+        if value:
+            return value.hex() if isinstance(value, bytes) else str(value)
+    if is_cupy_namespace(device.xp) and hasattr(native, "id"):
+        try:
+            import cupy
+
+            uuid = cupy.cuda.runtime.getDeviceProperties(native.id).get("uuid")
+            if uuid:
+                return uuid.hex() if isinstance(uuid, bytes) else str(uuid)
+        except Exception:
+            pass
+    return device.name
 
 
 def device_of(array: Any) -> Device:
@@ -304,10 +402,10 @@ def to_device(host: Any, device: "str | Device | None" = None, dtype: "str | Any
     """
     target = resolve(device)
     if not isinstance(host, np.ndarray):
-        host = to_numpy(host) if _is_device_array(host) else np.asarray(host)
+        host = to_numpy(host) if is_array(host) else np.asarray(host)
     xp = target.xp
     on_gpu = is_cupy_namespace(xp)
-    with target.native if on_gpu else contextlib.nullcontext():
+    with device_context(target):
         if is_numpy_namespace(xp) or on_gpu:
             moved = xp.asarray(host, copy=True) if copy else xp.asarray(host)
         else:
@@ -317,12 +415,14 @@ def to_device(host: Any, device: "str | Device | None" = None, dtype: "str | Any
     return moved
 
 
-def _is_device_array(obj: Any) -> bool:
+def is_array(obj: Any) -> bool:
+    """Whether ``obj`` is an array of some array-API library (NumPy included), not a list or a scalar."""
     try:
         array_namespace(obj)
     except TypeError:
         return False
     return not isinstance(obj, (list, tuple, int, float))
+
 
 
 def to_numpy(array: Any) -> np.ndarray:

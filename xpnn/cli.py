@@ -744,8 +744,13 @@ def _gpus() -> list[dict[str, Any]]:
             with cupy.cuda.Device(i):
                 free, total = cupy.cuda.runtime.memGetInfo()
             name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+            try:  # the availability check: an element-wise kernel and a matmul
+                backend.resolve(f"gpu:{i}")
+                usable = "ok"
+            except backend.DeviceError as exc:
+                usable = str(exc)
             found.append({"device": f"gpu:{i}", "name": name, "memory_total_gib": round(total / 2**30, 1),
-                          "memory_free_gib": round(free / 2**30, 1)})
+                          "memory_free_gib": round(free / 2**30, 1), "usable": usable})
         return found
     except Exception:
         return []
@@ -770,7 +775,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
     print("devices:")
     print("  cpu     NumPy")
     for gpu in gpus:
-        print(f"  {gpu['device']:<7} {gpu['name']}, {gpu['memory_total_gib']} GiB ({gpu['memory_free_gib']} GiB free)")
+        print(f"  {gpu['device']:<7} {gpu['name']}, {gpu['memory_total_gib']} GiB ({gpu['memory_free_gib']} GiB free): "
+              f"{'kernel and matmul ran' if gpu['usable'] == 'ok' else 'UNUSABLE: ' + gpu['usable']}")
     print(f"--device auto picks: {auto}" + (f" ({reason})" if reason else ""))
     return 0
 

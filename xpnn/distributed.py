@@ -188,13 +188,15 @@ def select_gradient_comm(mpi: _MpiComm, device: backend.Device, choice: str | No
         nccl = _load_nccl()
     except Exception as exc:  # ImportError, or a CUDA/NCCL library that fails to load
         reason = f"{type(exc).__name__}: {exc}"
-    infos = mpi.allgather((reason, mpi.host_name(), device.name))
-    problems = [f"rank {r}: {why}" for r, (why, _, _) in enumerate(infos) if why]
+    infos = mpi.allgather((reason, mpi.host_name(), device.name, backend.gpu_identity(device)))
+    problems = [f"rank {r}: {why}" for r, (why, _, _, _) in enumerate(infos) if why]
     seen: dict[tuple[str, str], int] = {}
-    for r, (_, host, name) in enumerate(infos):
-        if (host, name) in seen:
-            problems.append(f"ranks {seen[host, name]} and {r} share {name} on {host} (NCCL needs one GPU per rank)")
-        seen.setdefault((host, name), r)
+    for r, (_, host, name, identity) in enumerate(infos):
+        # one GPU per rank (CUDA_VISIBLE_DEVICES, --gpus-per-task) is gpu:0 on every rank: compare the hardware
+        if (host, identity) in seen:
+            problems.append(f"ranks {seen[host, identity]} and {r} share one GPU on {host} ({name}, {identity}); "
+                            f"NCCL needs one GPU per rank")
+        seen.setdefault((host, identity), r)
     if not problems:
         return _NcclComm(nccl, mpi, device)
     message = "NCCL is unusable (" + "; ".join(problems) + ")"
@@ -218,7 +220,7 @@ class _Slot:
 
 @dataclass
 class _Bucket:
-    buffer: Any
+    size: int
     slots: list[_Slot]
 
 
@@ -267,7 +269,7 @@ class DataParallel:
         """Check that ranks agree, copy rank 0's model to all, and wrap ``loader`` to shard its batches."""
         from .train import SYNC_SECONDS
 
-        self.check_agreement(model, {"training samples": len(loader.x), "batch size": loader.batch_size,
+        self.check_agreement(model, {"training samples": int(loader.x.shape[0]), "batch size": loader.batch_size,
                                      "shuffle": bool(loader.shuffle),
                                      "optimizer": getattr(optimizer, "config", dict)()})
         self.broadcast_parameters(model)
@@ -334,7 +336,10 @@ class DataParallel:
 
         A rank's loss is the mean over its ``local_count`` samples, so its gradient is weighted
         by ``local_count / global_count`` (the global batch, by default the one being sharded)
-        before the sum. A missing gradient counts as zero.
+        before the sum. A missing gradient counts as zero. Each bucket is one concatenation of
+        its gradients, one scaling and the all-reduce (three operations, whatever the number of
+        parameters); the gradients become views of the reduced buffer. Runs with the
+        parameters' device made current (see :func:`xpnn.backend.device_context`).
         """
         total = self._global_count if global_count is None else global_count
         if total <= 0:
@@ -344,19 +349,21 @@ class DataParallel:
         if key != self._bucket_key:
             self._buckets, self._bucket_key = self._make_buckets(params), key
         for bucket in self._buckets:
-            buffer = bucket.buffer
-            xp = array_namespace(buffer)
-            for slot in bucket.slots:
-                grad = slot.param.grad
-                if grad is None or weight == 0.0:
-                    buffer[slot.lo:slot.hi] = 0.0
+            first = bucket.slots[0].param.value
+            xp = array_namespace(first)
+            with backend.device_context(backend.device_of(first)):
+                if weight == 0.0:
+                    buffer = xp.zeros((bucket.size,), dtype=first.dtype, device=native_device(first))
                 else:
-                    flat = xp.reshape(grad, (-1,))
-                    buffer[slot.lo:slot.hi] = flat * weight if weight != 1.0 else flat
-            buffer = self._allreduce(buffer)
-            bucket.buffer = buffer
-            for slot in bucket.slots:
-                slot.param.grad = xp.reshape(buffer[slot.lo:slot.hi], slot.shape)
+                    parts = [xp.reshape(slot.param.grad, (-1,)) if slot.param.grad is not None
+                             else xp.zeros((slot.hi - slot.lo,), dtype=first.dtype, device=native_device(first))
+                             for slot in bucket.slots]
+                    buffer = xp.concat(parts) if len(parts) > 1 else xp.asarray(parts[0], copy=True)
+                    if weight != 1.0:
+                        buffer *= weight
+                buffer = self._allreduce(buffer)
+                for slot in bucket.slots:
+                    slot.param.grad = xp.reshape(buffer[slot.lo:slot.hi], slot.shape)
 
     def _allreduce(self, buffer: Any) -> Any:
         if self.profile:
@@ -392,10 +399,7 @@ class DataParallel:
             for p in group:
                 slots.append(_Slot(p, offset, offset + p.size, p.shape))
                 offset += p.size
-            value = group[0].value
-            xp = array_namespace(value)
-            buffer = xp.zeros((offset,), dtype=value.dtype, device=native_device(value))
-            buckets.append(_Bucket(buffer, slots))
+            buckets.append(_Bucket(offset, slots))
         return buckets
 
     def sync_due(self) -> bool:
@@ -443,7 +447,7 @@ class DataParallel:
         """:func:`xpnn.train.evaluate` on this rank's slice of ``(x, y)``, combined over ranks."""
         from .train import evaluate
 
-        lo, hi = shard_bounds(len(x), self.rank, self.size)
+        lo, hi = shard_bounds(int(x.shape[0]), self.rank, self.size)
         mine = evaluate(model, x[lo:hi], y[lo:hi], **kwargs) if hi > lo else {}
         gathered = [(n, logs) for n, logs in self.mpi.allgather((hi - lo, mine)) if n]
         total = sum(n for n, _ in gathered)
@@ -498,27 +502,37 @@ def _import_mpi(launch: Launch | None) -> Any:
 
 def _use_device(spec: str | None, local: int) -> None:
     name = _device_spec(spec, max(local, 0))
-    if name is not None:
+    if name is None:
+        return
+    try:
         backend.set_device(name)
+    except backend.DeviceError as exc:
+        if (spec or os.environ.get("XPNN_DEVICE", "")).strip().lower() != "auto":
+            raise
+        warnings.warn(f"init(device='auto'): {name} is unusable, this rank uses the CPU: {exc}", stacklevel=3)
+        backend.set_device("cpu")
 
 
 def _device_spec(spec: str | None, local: int) -> str | None:
-    """``gpu:<local rank>`` for ``gpu``/``cuda``/``auto`` (``auto`` without a GPU: ``cpu``)."""
+    """``gpu:<local rank modulo the visible GPUs>`` for ``gpu``/``cuda``/``auto`` (``auto`` without a GPU: ``cpu``).
+
+    Modulo, because a launcher that gives each rank its own GPU (Slurm ``--gpus-per-task=1``,
+    ``CUDA_VISIBLE_DEVICES`` per rank) shows every rank one GPU, as ``gpu:0``.
+    """
     spec = spec if spec is not None else os.environ.get("XPNN_DEVICE")
     if spec is None:
         return None
     text = spec.strip().lower()
-    if text in ("gpu", "cuda", "cupy"):
-        return f"gpu:{local}"
-    if text == "auto":
-        gpus = sum(name.startswith("gpu:") for name in backend.devices())
-        if not gpus:
-            if local == 0:
-                warnings.warn("init(device='auto'): no GPU visible; the ranks on this machine use the CPU",
-                              stacklevel=4)
-            return "cpu"
+    if text not in ("gpu", "cuda", "cupy", "auto"):
+        return spec
+    gpus = sum(name.startswith("gpu:") for name in backend.devices())
+    if gpus:
         return f"gpu:{local % gpus}"
-    return spec
+    if text != "auto":
+        return "gpu"  # set_device says why there is none
+    if local == 0:
+        warnings.warn("init(device='auto'): no GPU visible; the ranks on this machine use the CPU", stacklevel=4)
+    return "cpu"
 
 
 def _install_excepthook(mpi: _MpiComm) -> None:

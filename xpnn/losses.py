@@ -66,7 +66,8 @@ class BinaryCrossEntropy(Loss):
             def backprop() -> Any:
                 return (sigmoid(z) - y) * (1.0 / n)
         else:
-            p = xp.clip(pred, self.eps, 1.0 - self.eps)
+            # minimum/maximum, not clip: array-api-compat's CuPy clip indexes with boolean masks (syncs)
+            p = xp.minimum(xp.maximum(pred, self.eps), 1.0 - self.eps)
             value = -xp.sum(y * xp.log(p) + (1.0 - y) * xp.log(1.0 - p)) / n
             inside = (pred > self.eps) & (pred < 1.0 - self.eps)
 
@@ -99,20 +100,23 @@ class CrossEntropy(Loss):
         if pred.ndim != 2:
             raise ShapeError(f"CrossEntropy expects (N, classes) logits, got shape {tuple(pred.shape)}")
         n, classes = pred.shape
-        if target.ndim == 1:
-            labels = xp.arange(classes, device=device_of(pred))
-            y = xp.astype(xp.reshape(target, (n, 1)) == labels, pred.dtype)
+        labels = target.ndim == 1
+        if labels:
+            y = xp.astype(xp.reshape(target, (n, 1)) == xp.arange(classes, device=device_of(pred)), pred.dtype)
         else:
-            y = xp.astype(target, pred.dtype)
+            y = xp.astype(target, pred.dtype, copy=False)
         shifted = pred - xp.max(pred, axis=1, keepdims=True)
         exp = xp.exp(shifted)
         total = xp.sum(exp, axis=1, keepdims=True)
         log_probs = shifted - xp.log(total)
-        value = -xp.sum(y * log_probs) / float(n)
+        value = xp.sum(y * log_probs) * (-1.0 / float(n))
 
         def backprop() -> Any:
             probs = exp / total
-            return (probs * xp.sum(y, axis=1, keepdims=True) - y) * (1.0 / float(n))
+            # the gradient is probs * sum(y) - y; one-hot rows of labels sum to 1
+            grad = probs - y if labels else probs * xp.sum(y, axis=1, keepdims=True) - y
+            grad *= 1.0 / float(n)
+            return grad
 
         return value, backprop
 

@@ -4,8 +4,10 @@
 ``grad``, with the PyTorch formulations, so results can be compared with ``torch.optim``. The
 update is written once against the array API (the namespace comes from the parameter), keeps
 hyperparameters as Python floats so float32 parameters stay float32, and never touches the host.
-Per-parameter state (momentum buffers, Adam moments) is created lazily with ``zeros_like`` on the
-parameter's device and keyed by the parameter's name, which must therefore be unique.
+Per-parameter state (momentum buffers, Adam moments) is created as zeros on the parameter's device
+and keyed by the parameter's name, which must therefore be unique. The update runs on flat buffers
+of all the parameters at once (see :meth:`Optimizer.step`): a dozen operations per step, not a
+dozen per parameter, which is what a GPU's kernel-launch cost asks for.
 
 A learning rate is a float or a :class:`Schedule` evaluated per epoch: the training loop calls
 ``optimizer.set_epoch(epoch)`` at the start of every epoch and ``optimizer.lr`` follows.
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, is_numpy_namespace
 
 from . import backend
 from .layers.base import Parameter
@@ -168,13 +171,50 @@ def get_schedule(spec: "Schedule | str | Mapping[str, Any]", **kwargs: Any) -> S
     return _build("schedule", Schedule, _SCHEDULES, spec, kwargs)
 
 
+# --------------------------------------------------------------------------- flat buffers
+
+
+@dataclass
+class _FlatGroup:
+    """Parameters updated together: their values and state arrays are views of these flat buffers."""
+
+    device: backend.Device
+    xp: Any
+    params: list[Parameter]
+    flat: Any
+    state: dict[str, Any]
+    step: int
+
+
+def _bounds(params: Sequence[Parameter]) -> list[tuple[int, int]]:
+    """Each parameter's ``[lo, hi)`` in a flat buffer holding them in order."""
+    bounds, offset = [], 0
+    for param in params:
+        bounds.append((offset, offset + param.size))
+        offset += param.size
+    return bounds
+
+
+def _moved(array: Any, where: backend.Device, dtype: Any) -> Any:
+    """``array`` on ``where`` in ``dtype``: itself when it is already there (no trip through the host)."""
+    if backend.device_of(array) == where:
+        return array if array.dtype == dtype else array_namespace(array).astype(array, dtype)
+    return backend.to_device(array, where, dtype=dtype)
+
+
+def _concat_flat(xp: Any, arrays: Sequence[Any]) -> Any:
+    """A new 1-d array holding ``arrays`` one after the other (always a copy, which the buffers need)."""
+    return xp.concat([xp.reshape(a, (-1,)) for a in arrays]) if len(arrays) > 1 else \
+        xp.asarray(xp.reshape(arrays[0], (-1,)), copy=True)
+
+
 # --------------------------------------------------------------------------- optimizers
 
 class Optimizer:
     """Base class: learning rate (float or schedule), weight decay, per-parameter state.
 
     Subclasses set ``name``, list their state arrays in ``_state_arrays()`` and implement
-    ``_update(param, grad, lr)``, which must modify ``param.value`` in place.
+    ``_update(w, grad, state, step, lr)``, which must modify ``w`` and the ``state`` arrays in place.
     """
 
     name: ClassVar[str] = ""
@@ -187,6 +227,8 @@ class Optimizer:
         self.lr = lr
         self.state: dict[str, dict[str, Any]] = {}
         self._checked: tuple[int, ...] | None = None
+        self._groups: list[_FlatGroup] = []
+        self._packed_key: tuple[tuple[int, int], ...] | None = None
 
     # ---- learning rate ------------------------------------------------------------------
 
@@ -225,24 +267,50 @@ class Optimizer:
     # ---- stepping -----------------------------------------------------------------------
 
     def step(self, params: Sequence[Parameter]) -> None:
-        """Update every parameter that has a gradient, in place; those with ``grad is None`` are skipped."""
+        """Update every parameter that has a gradient, in place; those with ``grad is None`` are skipped.
+
+        The parameters are updated together: one flat buffer per (device, dtype, step count) group,
+        so a step is a dozen array operations (GPU kernels) whatever the number of parameters
+        (the idea of PyTorch's foreach/fused optimizers). On NumPy, where an operation costs no
+        launch, each parameter's view of the buffers is updated in turn, which spares copying the
+        gradients into one buffer; the arithmetic is the same. The first step, and any step after the
+        set of parameters or one of their arrays was replaced (``load_state_dict``, ``model.to``,
+        a layer unfrozen), copies them into the buffer and makes each ``Parameter.value`` (and each
+        state array in ``self.state``) a view of it; an array taken from a parameter before that
+        is no longer the one updated.
+        """
         if not isinstance(params, (list, tuple)):
             params = list(params)
         if self._stateful():
             self._check_names(params)
+        active = [param for param in params if param.grad is not None]
+        if not active:
+            return
         lr = self._lr
-        update = self._update
-        for param in params:
-            grad = param.grad
-            if grad is not None:
-                update(param, grad, lr)
+        for group in self._packed(active):
+            group.step += 1
+            if is_numpy_namespace(group.xp):
+                # on the CPU an operation costs no launch, and the flat update would first copy every
+                # gradient into one buffer: update each parameter's view of the buffers instead
+                for param in group.params:
+                    self._update(param.value, param.grad, self.state.get(param.name, {}), group.step, lr)
+            else:
+                with backend.device_context(group.device):
+                    xp = group.xp
+                    grads = [xp.reshape(param.grad, (-1,)) for param in group.params]
+                    grad = grads[0] if len(grads) == 1 else xp.concat(grads)
+                    self._update(group.flat, grad, group.state, group.step, lr)
+            if self._counts_steps:
+                for param in group.params:
+                    self.state[param.name]["step"] = group.step
 
     def zero_grad(self, params: Iterable[Parameter]) -> None:
         """Drop every gradient, so the next backward pass starts from nothing."""
         for param in params:
             param.grad = None
 
-    def _update(self, param: Parameter, grad: Any, lr: float) -> None:
+    def _update(self, w: Any, grad: Any, state: dict[str, Any], step: int, lr: float) -> None:
+        """Update ``w`` (a flat buffer, or any array) in place from ``grad`` and the matching ``state`` arrays."""
         raise NotImplementedError
 
     def _stateful(self) -> bool:
@@ -252,15 +320,51 @@ class Optimizer:
         """Names of the per-parameter state arrays this configuration keeps."""
         return ()
 
-    def _state_for(self, param: Parameter) -> dict[str, Any]:
-        state = self.state.get(param.name)
-        if state is None:
-            xp = array_namespace(param.value)
-            state = {name: xp.zeros_like(param.value) for name in self._state_arrays()}
-            if self._counts_steps:
-                state["step"] = 0
-            self.state[param.name] = state
-        return state
+    def _packed(self, active: list[Parameter]) -> list["_FlatGroup"]:
+        """The flat groups for ``active``, rebuilt when a parameter or one of its arrays changed."""
+        key = tuple((id(param), id(param.value)) for param in active)
+        if key != self._packed_key:
+            self._groups = self._pack(active)
+            self._packed_key = tuple((id(param), id(param.value)) for param in active)
+        return self._groups
+
+    def _pack(self, active: list[Parameter]) -> list["_FlatGroup"]:
+        """Copy parameters (and their state, created as zeros where missing) into flat buffers.
+
+        Parameters are grouped by device, dtype and (Adam) step count, which bias correction needs
+        to be one per update. State of parameters not in ``active`` is left as it is.
+        """
+        by_key: dict[tuple[str, str, int], list[Parameter]] = {}
+        for param in active:
+            state = self.state.get(param.name, {})
+            where = backend.device_of(param.value)
+            step = int(state.get("step", 0)) if self._counts_steps else 0
+            by_key.setdefault((where.name, backend.dtype_name(param.value.dtype), step), []).append(param)
+        groups = []
+        for (_, _, step), members in by_key.items():
+            where = backend.device_of(members[0].value)
+            xp = where.xp
+            with backend.device_context(where):
+                flat = _concat_flat(xp, [param.value for param in members])
+                bounds = _bounds(members)
+                for param, (lo, hi) in zip(members, bounds):
+                    param.value = xp.reshape(flat[lo:hi], param.shape)
+                state: dict[str, Any] = {}
+                for key in self._state_arrays():
+                    parts = []
+                    for param in members:
+                        old = self.state.get(param.name, {}).get(key)
+                        parts.append(xp.zeros_like(param.value) if old is None
+                                     else _moved(old, where, param.value.dtype))
+                    state[key] = _concat_flat(xp, parts)
+                for param, (lo, hi) in zip(members, bounds):
+                    entries = {key: xp.reshape(state[key][lo:hi], param.shape) for key in state}
+                    if self._counts_steps:
+                        entries["step"] = step
+                    if entries:
+                        self.state[param.name] = entries
+            groups.append(_FlatGroup(where, xp, members, flat, state, step))
+        return groups
 
     def _check_names(self, params: Sequence[Parameter]) -> None:
         """State is keyed by name, so two parameters with one name would share it: refuse that.
@@ -329,9 +433,11 @@ class Optimizer:
                 host = entries[key]
                 moved = backend.to_device(host, where, dtype=value.dtype)
                 # to_device may return a view of the host array on the CPU; the state must own its memory.
-                restored[pname][key] = xp.asarray(moved, copy=True)
+                with backend.device_context(where):
+                    restored[pname][key] = xp.asarray(moved, copy=True)
         self.state = restored
         self._checked = None
+        self._packed_key = None
         self.set_epoch(int(state.get("epoch", 0)))
 
     def __repr__(self) -> str:
@@ -361,8 +467,7 @@ class SGD(Optimizer):
     def _state_arrays(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self.momentum else ()
 
-    def _update(self, param: Parameter, grad: Any, lr: float) -> None:
-        w = param.value
+    def _update(self, w: Any, grad: Any, state: dict[str, Any], step: int, lr: float) -> None:
         decay, momentum = self.weight_decay, self.momentum
         if not momentum:
             if decay:
@@ -370,14 +475,14 @@ class SGD(Optimizer):
             w -= lr * grad
             return
         d = grad + decay * w if decay else grad
-        buf = self._state_for(param)["momentum_buffer"]
+        buf = state["momentum_buffer"]
         buf *= momentum
         buf += d
         if self.nesterov:
-            step = buf * momentum
-            step += d
-            step *= lr
-            w -= step
+            update = buf * momentum
+            update += d
+            update *= lr
+            w -= update
         else:
             w -= lr * buf
 
@@ -406,8 +511,7 @@ class Adam(Optimizer):
     def _state_arrays(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
-    def _update(self, param: Parameter, grad: Any, lr: float) -> None:
-        w = param.value
+    def _update(self, w: Any, grad: Any, state: dict[str, Any], step: int, lr: float) -> None:
         xp = array_namespace(w)
         beta1, beta2 = self.betas
         decay = self.weight_decay
@@ -416,8 +520,6 @@ class Adam(Optimizer):
                 w *= 1.0 - lr * decay
             else:
                 grad = grad + decay * w
-        state = self._state_for(param)
-        step = state["step"] = state["step"] + 1
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m *= beta1
         m += (1.0 - beta1) * grad
@@ -467,13 +569,11 @@ class RMSprop(Optimizer):
     def _state_arrays(self) -> tuple[str, ...]:
         return ("square_avg", "momentum_buffer") if self.momentum else ("square_avg",)
 
-    def _update(self, param: Parameter, grad: Any, lr: float) -> None:
-        w = param.value
+    def _update(self, w: Any, grad: Any, state: dict[str, Any], step: int, lr: float) -> None:
         xp = array_namespace(w)
         alpha = self.alpha
         if self.weight_decay:
             grad = grad + self.weight_decay * w
-        state = self._state_for(param)
         square_avg = state["square_avg"]
         square_avg *= alpha
         tmp = grad * grad

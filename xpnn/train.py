@@ -7,10 +7,11 @@ for NaN/inf, naming the first bad batch.
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -206,14 +207,37 @@ def _host(array: Any, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be an array, got {type(array).__name__}") from exc
 
 
-def _prepare(model: Any, x: Any, y: Any, loss: Loss, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    """Host copies of ``x``/``y`` checked against the model and the loss (before any step runs)."""
-    x_host, y_host = _host(x, names[0]), _host(y, names[1])
-    check_inputs(x_host, names[0], model.dtype)
-    check_lengths(x_host, y_host, *names)
-    out_shape = model.build(x_host.shape[1:], batch_size=len(x_host))
+def _on_models_device(model: Any, array: Any) -> bool:
+    """Whether ``array`` is a (non-NumPy) array already on the model's device."""
+    return not isinstance(array, np.ndarray) and backend.is_array(array) and backend.device_of(array) == model.device
+
+
+def _inputs(model: Any, array: Any, name: str) -> Any:
+    """User inputs checked (:func:`check_inputs`): an array already on the model's device as it is,
+    so it never goes to the host and back (one flag is read for the NaN/inf check), else on the host."""
+    if not _on_models_device(model, array):
+        host = _host(array, name)
+        check_inputs(host, name, model.dtype)
+        return host
+    xp = array_namespace(array)
+    suspect = array.ndim == 0 or int(array.shape[0]) == 0 or xp.isdtype(array.dtype, "complex floating")
+    if not suspect and xp.isdtype(array.dtype, "real floating"):  # NaN, inf or beyond the model's dtype
+        suspect = not bool(xp.all(xp.abs(array) <= float(np.finfo(model.dtype).max)))
+    if suspect:
+        check_inputs(backend.to_numpy(array), name, model.dtype)  # the host copy only to word the error
+    return array
+
+
+def _prepare(model: Any, x: Any, y: Any, loss: Loss, names: tuple[str, str]) -> tuple[Any, Any]:
+    """``x``/``y`` checked against the model and the loss (before any step runs): host arrays, or
+    the arrays themselves where they are on the model's device (the labels are read once to check)."""
+    x_data = _inputs(model, x, names[0])
+    y_data = y if _on_models_device(model, y) else _host(y, names[1])
+    y_host = _host(y_data, names[1])
+    check_lengths(range(int(x_data.shape[0])), y_host, *names)  # only the lengths are compared
+    out_shape = model.build(tuple(x_data.shape[1:]), batch_size=int(x_data.shape[0]))
     check_targets(loss, y_host, out_shape, names[1], model.dtype)
-    return x_host, y_host
+    return x_data, y_data
 
 
 _DIVERGED_ADVICE = ("Lower the learning rate, check the inputs are scaled, or use a loss with from_logits=True. "
@@ -271,7 +295,8 @@ class _Meter:
             if target.ndim == 2 and self.loss.task == "multiclass":
                 target = xp.argmax(target, axis=1)
             truth = xp.reshape(target, tuple(predicted.shape))
-            self.correct = self.correct + xp.sum(xp.astype(predicted == xp.astype(truth, predicted.dtype), xp.int64))
+            self.correct = self.correct + xp.sum(xp.astype(predicted == xp.astype(truth, predicted.dtype, copy=False),
+                                                           xp.int64))
 
     def sync(self, batches_per_epoch: int | None = None) -> dict[str, float]:
         """Read the sums to the host (one transfer); raise if any pending batch loss is not finite."""
@@ -313,6 +338,17 @@ def _format(logs: dict[str, float]) -> str:
 # --------------------------------------------------------------------------- public loop
 
 
+def _on_model_device(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``run(model, ...)`` with the model's device made current (:func:`xpnn.backend.device_context`),
+    so what the loop, the loss, the transforms and the optimizer create lands on the model's GPU."""
+    @functools.wraps(run)
+    def on_device(model: Any, *args: Any, **kwargs: Any) -> Any:
+        with backend.device_context(model.device):
+            return run(model, *args, **kwargs)
+    return on_device
+
+
+@_on_model_device
 def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimizer: Any = None, epochs: int = 1,
         batch_size: int | None = 32, shuffle: bool = True, seed: int | None = None,
         validation_data: tuple[Any, Any] | None = None, callbacks: Sequence[Callback] = (), verbose: int = 1,
@@ -336,7 +372,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     if model.parameters() and not model.parameters(trainable=True):
         raise ValueError("nothing to train: every parameter of the model is frozen; set trainable = True on "
                          "the layers to train (model.trainable = True unfreezes everything)")
-    x_host, y_host = _prepare(model, x, y, loss, ("x", "y"))
+    x_data, y_data = _prepare(model, x, y, loss, ("x", "y"))
     val = None
     if validation_data is not None:
         if len(validation_data) != 2:
@@ -344,9 +380,10 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
         val = _prepare(model, *validation_data, loss, ("x_val", "y_val"))
     model.loss, model.optimizer = loss, optimizer
     model.stop_training = False
-    if batch_size is None or batch_size >= len(x_host):
-        batch_size, shuffle = len(x_host), False  # one batch: its order does not change the gradient
-    loader = DataLoader(x_host, y_host, batch_size, shuffle=shuffle, seed=seed, device=model.device,
+    samples = int(x_data.shape[0])
+    if batch_size is None or batch_size >= samples:
+        batch_size, shuffle = samples, False  # one batch: its order does not change the gradient
+    loader = DataLoader(x_data, y_data, batch_size, shuffle=shuffle, seed=seed, device=model.device,
                         dtype=model.dtype, scale=scale, transform=transform)
     strategy = distributed.active()
     if strategy is not None:
@@ -367,7 +404,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
             optimizer.set_epoch(epoch)
         loader.set_epoch(epoch)
         meter = _Meter(loss, epoch, None if strategy is None else strategy.reduce_metrics)
-        bar = _progress(verbose, len(x_host), epoch, epochs)
+        bar = _progress(verbose, samples, epoch, epochs)
         started = last_sync = time.perf_counter()
         try:
             for xb, yb in loader:
@@ -409,7 +446,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
             if bar is not None:
                 bar.write(f"epoch {epoch + 1}/{epochs} validation: {_format(val_logs)}", file=sys.stderr)
         logs["seconds"] = seconds
-        logs["samples_per_second"] = len(x_host) / seconds if seconds > 0 else math.inf
+        logs["samples_per_second"] = samples / seconds if seconds > 0 else math.inf
         if hasattr(optimizer, "lr"):
             logs["lr"] = float(optimizer.lr)
         history.append(epoch + 1, logs)
@@ -424,14 +461,15 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     return history
 
 
+@_on_model_device
 def evaluate(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, batch_size: int = 256,
              scale: Any = None) -> dict[str, float]:
     """Mean loss (and accuracy for classification) of ``model`` on ``(x, y)`` in eval mode."""
     if loss is None and model.loss is None:
         raise ValueError("evaluate needs a loss: pass loss=..., or fit the model first")
     loss = get_loss(loss if loss is not None else model.loss)
-    x_host, y_host = _prepare(model, x, y, loss, ("x", "y"))
-    loader = DataLoader(x_host, y_host, batch_size, device=model.device, dtype=model.dtype, scale=scale)
+    x_data, y_data = _prepare(model, x, y, loss, ("x", "y"))
+    loader = DataLoader(x_data, y_data, batch_size, device=model.device, dtype=model.dtype, scale=scale)
     meter = _Meter(loss, 0)
     for idx in loader.batch_indices():
         xb, yb = loader.take(idx)
@@ -441,13 +479,13 @@ def evaluate(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, ba
     return dict(meter.sync())
 
 
+@_on_model_device
 def predict(model: Any, x: Any, *, batch_size: int = 256, scale: Any = None, to_host: bool = True) -> Any:
     """Model outputs for ``x`` in eval mode, batch by batch: a NumPy array (or device array if
     ``to_host=False``). Apply the output activation yourself if the model ends in logits."""
-    x_host = _host(x, "x")
-    check_inputs(x_host, "x", model.dtype)
-    model.build(x_host.shape[1:])
-    loader = DataLoader(x_host, None, batch_size, device=model.device, dtype=model.dtype, scale=scale)
+    x_data = _inputs(model, x, "x")
+    model.build(tuple(x_data.shape[1:]))
+    loader = DataLoader(x_data, None, batch_size, device=model.device, dtype=model.dtype, scale=scale)
     outputs = [model(loader.take(idx)[0], train=False)[0] for idx in loader.batch_indices()]
     xp = array_namespace(outputs[0])
     out = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=0)

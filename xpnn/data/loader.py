@@ -1,7 +1,9 @@
-"""Mini-batches from host arrays: shuffled on the host, moved to the device one batch at a time.
+"""Mini-batches: shuffled on the host, moved to the device one batch at a time.
 
-Inputs stay on the host in their stored dtype (often uint8, four times smaller than float32);
-each batch is cut there, moved, and only then cast and scaled on the device.
+Host inputs stay on the host in their stored dtype (often uint8, four times smaller than
+float32); each batch is cut there, moved, and only then cast and scaled on the device. Inputs
+already on the loader's device stay there: batches are cut on the device (a slice, or a gather
+by the shuffled indices), never through the host.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import math
 from typing import Any, Callable, Iterator
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from .. import backend
 
@@ -31,25 +34,31 @@ class DataLoader:
     def __init__(self, x: Any, y: Any = None, batch_size: int | None = 32, *, shuffle: bool = False,
                  seed: int | None = None, device: "backend.Device | str | None" = None, dtype: str = "float32",
                  scale: Any = None, transform: Transform | None = None, drop_last: bool = False) -> None:
-        self.x = x if isinstance(x, np.ndarray) else backend.to_numpy(x)
-        self.y = None if y is None else (y if isinstance(y, np.ndarray) else backend.to_numpy(y))
-        n = len(self.x)
-        if self.y is not None and len(self.y) != n:
+        self.device = backend.resolve(device)
+        self.x = self._kept(x)
+        self.y = None if y is None else self._kept(y)
+        n = int(self.x.shape[0])
+        if self.y is not None and int(self.y.shape[0]) != n:
             from ..errors import DataError
-            raise DataError(f"x and y have different lengths: {n} samples in x, {len(self.y)} in y")
+            raise DataError(f"x and y have different lengths: {n} samples in x, {int(self.y.shape[0])} in y")
         if batch_size is None:
             batch_size = n
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer or None (full batch), got {batch_size!r}")
         self.batch_size = batch_size
         self.shuffle, self.seed, self.dtype = shuffle, seed, dtype
-        self.device = backend.resolve(device)
         self.scale, self.transform, self.drop_last = scale, transform, drop_last
         self._shift_factor = self._standardize_constants(scale)
         self.epoch = 0
 
+    def _kept(self, array: Any) -> Any:
+        """``array`` itself if it is a NumPy array or already on the loader's device, else a host copy."""
+        if isinstance(array, np.ndarray) or (backend.is_array(array) and backend.device_of(array) == self.device):
+            return array
+        return backend.to_numpy(array)
+
     def __len__(self) -> int:
-        n = len(self.x)
+        n = int(self.x.shape[0])
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -58,7 +67,7 @@ class DataLoader:
 
     def order(self) -> np.ndarray:
         """The sample order of the current epoch."""
-        n = len(self.x)
+        n = int(self.x.shape[0])
         if not self.shuffle:
             return np.arange(n)
         rng = backend.host_rng() if self.seed is None else np.random.default_rng((self.seed, self.epoch))
@@ -79,19 +88,32 @@ class DataLoader:
     def take(self, idx: np.ndarray, train: bool = False) -> tuple[Any, Any]:
         """The samples ``idx`` as a device batch (inputs cast, scaled and, if train, transformed)."""
         contiguous = idx.size and idx[-1] - idx[0] == idx.size - 1 and (np.diff(idx) == 1).all()
-        x_host = self.x[idx[0]:idx[-1] + 1] if contiguous else self.x[idx]
-        xb = self.prepare(x_host)
+        device_idx = None
+
+        def cut(array: Any) -> Any:
+            nonlocal device_idx
+            if contiguous:
+                return array[int(idx[0]):int(idx[-1]) + 1]
+            if isinstance(array, np.ndarray):
+                return array[idx]
+            if device_idx is None:  # the indices cross to the device, the samples do not cross back
+                device_idx = backend.to_device(idx, self.device, dtype="int64")
+            return self.device.xp.take(array, device_idx, axis=0)
+
+        xb = self.prepare(cut(self.x))
         if train and self.transform is not None:
             xb = self.transform(xb)
         if self.y is None:
             return xb, None
-        y_host = self.y[idx[0]:idx[-1] + 1] if contiguous else self.y[idx]
-        y_dtype = "int64" if np.issubdtype(y_host.dtype, np.integer) else self.dtype
-        return xb, backend.to_device(y_host, self.device, dtype=y_dtype)
+        yb = cut(self.y)
+        integral = backend.dtype_name(yb.dtype).startswith(("int", "uint", "bool"))
+        return xb, backend.to_device(yb, self.device, dtype="int64" if integral else self.dtype) \
+            if isinstance(yb, np.ndarray) else _cast(yb, "int64" if integral else self.dtype)
 
-    def prepare(self, x_host: np.ndarray) -> Any:
-        """Move host inputs to the device, cast to ``dtype`` and apply ``scale`` there."""
-        xb = backend.to_device(np.ascontiguousarray(x_host), self.device, dtype=self.dtype)
+    def prepare(self, x: Any) -> Any:
+        """Move host inputs to the device (arrays there stay), cast to ``dtype`` and apply ``scale`` there."""
+        xb = backend.to_device(np.ascontiguousarray(x), self.device, dtype=self.dtype) if isinstance(x, np.ndarray) \
+            else _cast(x, self.dtype)
         if self.scale is None:
             return xb
         if isinstance(self.scale, str):
@@ -125,6 +147,13 @@ class DataLoader:
                             f"({channels} channels on axis 1)")
         shape = (1, mean.size) + (1,) * (self.x.ndim - 2)
         return tuple(backend.to_device(v.reshape(shape), self.device, dtype=self.dtype) for v in (mean, 1.0 / std))
+
+
+def _cast(array: Any, dtype: str) -> Any:
+    """A device array in ``dtype`` (itself when it already is)."""
+    xp = array_namespace(array)
+    wanted = backend.dtype_of(xp, dtype)
+    return array if array.dtype == wanted else xp.astype(array, wanted)
 
 
 def channel_stats(x: Any, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:

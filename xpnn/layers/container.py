@@ -60,8 +60,15 @@ class Sequential(Layer):
     def __call__(self, x: Any, train: bool = False, input_grad: bool = True) -> tuple[Any, Backprop]:
         """Run every layer. With ``input_grad=False`` the backward pass stops at the first layer
         with trainable parameters and returns None (what training needs: no dL/dx for the data)."""
-        self._check_input(x)
-        return self.forward(x, train=train, input_grad=input_grad)
+        device = self._check_input(x)
+        with backend.device_context(device):
+            y, backprop = self.forward(x, train=train, input_grad=input_grad)
+
+        def backprop_on_device(dy: Any) -> Any:
+            with backend.device_context(device):
+                return backprop(dy)
+
+        return y, backprop_on_device
 
     def apply(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         return self.forward(x, train=train, input_grad=input_grad)
@@ -89,16 +96,17 @@ class Sequential(Layer):
                 return index
         return len(self.layers)
 
-    def _check_input(self, x: Any) -> None:
+    def _check_input(self, x: Any) -> backend.Device:
+        """The device ``x`` is on, checked to be the model's (the one made current for the work)."""
         try:
             xp = array_namespace(x)
         except TypeError:
             raise TypeError(f"Sequential input must be an array on the model's device ({self.device}), got "
                             f"{type(x).__name__}; use xpnn.to_device(x, model.device)") from None
         params = self.parameters()
-        if not params:
-            return
         where = backend.device_of(x)
+        if not params:
+            return where
         if where != self.device:
             raise backend.DeviceError(
                 f"Sequential input is on {where} but the model is on {self.device}: move the input with "
@@ -109,6 +117,7 @@ class Sequential(Layer):
         if x.dtype != params[0].value.dtype:
             raise TypeError(f"Sequential input has dtype {x.dtype} but the model's parameters are {self.dtype}; "
                             f"cast the input or call model.to(dtype=...)")
+        return where
 
     # ---- shapes ---------------------------------------------------------------------------
 

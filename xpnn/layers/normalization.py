@@ -20,6 +20,17 @@ from .base import Backprop, Layer, Parameter
 __all__ = ["BatchNorm1D", "BatchNorm2D"]
 
 
+def _row_dots(a: Any, b: Any) -> Any:
+    """``sum(a * b, axis=1)`` of two (C, M) arrays as one batched matmul, without the (C, M) product.
+
+    Not ``vecdot``: where a library has none (CuPy, as issue 13 reports), array-api-compat uses a
+    generic stand-in that moves axes, broadcasts and conjugates before its matmul. On NumPy
+    this is as fast as ``vecdot`` (64 x 50,176 float32: 2.2 vs 2.6 ms; ``sum(a * b)`` 6.1 ms).
+    """
+    xp = array_namespace(a)
+    return xp.matmul(xp.expand_dims(a, axis=1), xp.expand_dims(b, axis=2))[:, 0, 0]
+
+
 class _BatchNorm(Layer):
     param_names = ("gamma", "beta")
     buffer_names = ("running_mean", "running_var")
@@ -68,7 +79,7 @@ class _BatchNorm(Layer):
 
             def backprop_eval(dy: Any) -> Any:
                 dy_values = self._channel_major(dy)
-                gamma.accumulate(xp.vecdot(dy_values, values - self.running_mean[:, None]) * inv_std)
+                gamma.accumulate(_row_dots(dy_values, values - self.running_mean[:, None]) * inv_std)
                 beta.accumulate(xp.sum(dy_values, axis=1))
                 return self._batch_major(dy_values * scale[:, None], shape) if input_grad else None
 
@@ -78,7 +89,7 @@ class _BatchNorm(Layer):
                              f"got input shape {shape}")
         mean = xp.sum(values, axis=1) / count
         centered = values - mean[:, None]
-        var = xp.vecdot(centered, centered) / count
+        var = _row_dots(centered, centered) / count
         self._update_running(mean, var * (count / (count - 1)))
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         scale = gamma.value * inv_std
@@ -90,7 +101,7 @@ class _BatchNorm(Layer):
             # dx = scale * (dy - dbeta / count - x_hat * dgamma / count), per channel
             dy_values = self._channel_major(dy)
             dbeta = xp.sum(dy_values, axis=1)
-            dgamma = xp.vecdot(dy_values, centered) * inv_std
+            dgamma = _row_dots(dy_values, centered) * inv_std
             gamma.accumulate(dgamma)
             beta.accumulate(dbeta)
             if not input_grad:

@@ -23,7 +23,7 @@ from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from .base import Backprop, Layer
-from .conv import Pair, as_config, as_pair, pad_hw, spatial_output_shape, window_slices
+from .conv import Pair, add_into, as_config, as_pair, pad_hw, spatial_output_shape, window_slices
 
 __all__ = ["MaxPool2D", "AvgPool2D", "GlobalAvgPool2D"]
 
@@ -56,8 +56,11 @@ class _Pool2D(Layer):
         covered = (sh, sw) == (kh, kw) and (out_hw[0] * kh, out_hw[1] * kw) == padded_shape[2:]
         dx = (xp.empty if covered else xp.zeros)(padded_shape, dtype=like.dtype, device=device_of(like))
         for part, (hs, ws) in zip(parts, windows):
-            where = xpx.at(dx, (slice(None), slice(None), hs, ws))
-            dx = where.add(part) if overlapping else where.set(part)
+            key = (slice(None), slice(None), hs, ws)
+            if overlapping:
+                add_into(dx, key, part)
+            else:
+                dx = xpx.at(dx, key).set(part)
         (top, _), (left, _) = self.pads
         height, width = padded_shape[2] - 2 * top, padded_shape[3] - 2 * left
         return dx[:, :, top:top + height, left:left + width]

@@ -1,0 +1,185 @@
+"""CuPy's device rules on the CPU: the work on a model runs with the model's device made current,
+and a training step never waits for the device.
+
+:mod:`xpnn.instrumented` allocates where the *current* device is (ignoring ``device=``, as CuPy
+under array-api-compat does) and refuses arrays of another device, so a model on its second
+device, used while the first is current, fails wherever xpnn forgets to make the model's device
+current. It also counts host reads (``float()``, ``bool()``, ``to_numpy``, boolean masks).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import xpnn
+from xpnn import backend, distributed, instrumented, layers, losses, optim, train
+from xpnn.data import transforms
+
+
+@pytest.fixture
+def xp():
+    return instrumented.make(devices=2)
+
+
+def _cnn():
+    return xpnn.Sequential([layers.Conv2D(3, 4, 3, padding="same"), layers.BatchNorm2D(4), layers.ReLU(),
+                            layers.MaxPool2D(2), layers.Flatten(), layers.Dropout(0.2), layers.Linear(4 * 4 * 4, 3)])
+
+
+def _data(n=12):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), rng.integers(0, 3, n)
+
+
+def _augment():
+    return transforms.Compose([transforms.RandomHorizontalFlip(), transforms.RandomCrop(8, padding=1),
+                               transforms.ColorJitter(brightness=0.2, contrast=0.2)])
+
+
+def test_a_bare_layer_on_another_device_than_the_current_one_is_refused(xp):
+    """The stand-in catches what array-api-strict cannot: work on device 1 while device 0 is current."""
+    second = backend.Device.from_namespace(xp, xp.devices[1])
+    layer = layers.Conv2D(3, 4, 3).to(second)
+    x = backend.to_device(np.zeros((2, 3, 5, 5)), second, dtype="float32")
+    assert xp.current() is xp.devices[0]
+    with pytest.raises(instrumented.DeviceMismatch, match="on FakeDevice\\(1\\) but the current device is "
+                                                          "FakeDevice\\(0\\)"):
+        layer(x)
+    with backend.device_context(second):
+        layer(x)
+
+
+def test_model_on_the_second_device_trains_evaluates_and_predicts_while_the_first_is_current(xp):
+    second = backend.Device.from_namespace(xp, xp.devices[1])
+    x_host, y_host = _data()
+    with xpnn.use_device(second):
+        xpnn.seed(0)
+        model = _cnn()
+    assert xp.current() is xp.devices[0]
+    assert model.device == second
+
+    x = backend.to_device(x_host, second, dtype="float32")
+    out, backprop = model(x, train=True)
+    backprop(out)  # user code between the calls (out * 2) would need `with xpnn.use_device(model.device)`
+    sgd = optim.SGD(0.01, momentum=0.9)
+    sgd.step(model.parameters())
+    model.zero_grad()
+
+    history = model.fit(x_host, y_host, loss="cross_entropy", optimizer=optim.Adam(1e-3), epochs=2, batch_size=5,
+                        verbose=0, scale="unit", transform=_augment(), validation_data=(x_host, y_host))
+    assert len(history) == 2 and math.isfinite(history["val_loss"][-1])
+    assert set(model.evaluate(x_host, y_host, scale="unit")) == {"loss", "accuracy"}
+    assert model.predict(x_host, scale="unit").shape == (12, 3)
+    assert all(p.value.device is xp.devices[1] for p in model.parameters())
+    assert xp.current() is xp.devices[0], "the model's device is current only while working on it"
+
+
+def test_gradient_reduction_runs_on_the_parameters_device(xp):
+    from test_distributed import FakeMpi
+
+    second = backend.Device.from_namespace(xp, xp.devices[1])
+    with xpnn.use_device(second):
+        model = xpnn.Sequential([layers.Linear(4, 3), layers.ReLU(), layers.Linear(3, 2)])
+        for p in model.parameters():
+            p.grad = xp.ones(p.shape, dtype=xp.float32)
+    mpi = FakeMpi()
+    distributed.DataParallel(mpi, mpi).reduce_gradients(model.parameters(), 3, global_count=6)
+    for p in model.parameters():
+        assert p.grad.device is xp.devices[1]
+        np.testing.assert_allclose(backend.to_numpy(p.grad), 1.0)  # weight 1/2, summed over two equal ranks
+
+
+# --------------------------------------------------------------------------- no hidden syncs
+
+
+def _fit_reads(xp, batches, monkeypatch, sync_seconds):
+    monkeypatch.setattr(train, "SYNC_SECONDS", sync_seconds)
+    first = backend.Device.from_namespace(xp, xp.devices[0])
+    x_host, y_host = _data(5 * batches)
+    with xpnn.use_device(first):
+        xpnn.seed(0)
+        model = _cnn()
+        xp.reset()
+        model.fit(x_host, y_host, loss="cross_entropy", optimizer=optim.Adam(1e-3), epochs=1, batch_size=5,
+                  shuffle=True, seed=1, verbose=0, scale="unit", transform=_augment())
+    return dict(xp.host_reads)
+
+
+def test_a_training_step_never_reads_from_the_device(xp, monkeypatch):
+    """Host reads of fit: the same for 1 and 4 batches (only the end-of-epoch reads: the stacked
+    losses, the loss sum and the correct count, and the finite-weights flags read before any
+    checkpoint), and with a metric read forced after every step, three per step plus the two sums
+    and the weight flags at the epoch's end."""
+    one = _fit_reads(xp, 1, monkeypatch, math.inf)
+    four = _fit_reads(xp, 4, monkeypatch, math.inf)
+    assert one == four, f"steps read from the device: {one} for 1 batch, {four} for 4"
+    assert "boolean mask" not in one
+    every_step = _fit_reads(xp, 4, monkeypatch, 0.0)
+    assert sum(one.values()) == 4
+    assert sum(every_step.values()) == 4 * 3 + 3
+
+
+def test_probability_cross_entropy_and_color_jitter_do_not_sync(xp):
+    with xpnn.use_device(backend.Device.from_namespace(xp, xp.devices[0])):
+        pred = xpnn.to_device(np.array([[0.0], [0.3], [1.0]]), dtype="float32")
+        target = xpnn.to_device(np.array([[0.0], [1.0], [1.0]]), dtype="float32")
+        images = xpnn.to_device(np.random.default_rng(0).random((4, 3, 6, 6)), dtype="float32")
+        xp.reset()
+        value, backprop = losses.BinaryCrossEntropy(from_logits=False)(pred, target)
+        backprop()
+        transforms.ColorJitter(brightness=0.5, contrast=0.5)(images)
+        transforms.RandomCrop(6, padding=2)(images)
+        assert dict(xp.host_reads) == {}
+        assert math.isfinite(float(value))
+
+
+# --------------------------------------------------------------------------- inputs on the device
+
+
+def test_inputs_already_on_the_models_device_never_go_to_the_host(xp, monkeypatch):
+    """fit/evaluate/predict cut batches of device inputs on the device (slices, or a gather by the
+    shuffled indices); the results equal training on host copies of the same data."""
+    second = backend.Device.from_namespace(xp, xp.devices[1])
+    x_host, y_host = _data(14)
+    x_host = x_host.astype(np.float32) / 255
+    models = []
+    for on_device in (False, True):
+        with xpnn.use_device(second):
+            xpnn.seed(0)
+            models.append(_cnn())
+        x, y = (backend.to_device(x_host, second), backend.to_device(y_host, second)) if on_device else (x_host, y_host)
+        moved, read = [], []
+        real_to_device, real_to_numpy = backend.to_device, backend.to_numpy
+        monkeypatch.setattr(backend, "to_device", lambda a, *args, **kw: (moved.append(np.shape(a)),
+                                                                          real_to_device(a, *args, **kw))[1])
+        monkeypatch.setattr(backend, "to_numpy", lambda a: (read.append(tuple(a.shape)), real_to_numpy(a))[1])
+        models[-1].fit(x, y, loss="cross_entropy", optimizer=optim.Adam(1e-2), epochs=2, batch_size=4, seed=3,
+                       verbose=0, validation_data=(x, y))
+        logs = models[-1].evaluate(x, y)
+        out = models[-1].predict(x, to_host=False)
+        monkeypatch.undo()
+        if on_device:
+            assert not [s for s in moved if len(s) == 4], f"device inputs were moved again: {moved}"
+            assert not [s for s in read if len(s) == 4], f"device inputs were read to the host: {read}"
+            np.testing.assert_allclose(backend.to_numpy(out), expected_out, rtol=1e-5, atol=1e-6)
+            assert logs == pytest.approx(expected_logs, rel=1e-5)
+        else:
+            assert [s for s in moved if len(s) == 4], "host inputs are moved batch by batch"
+            expected_out, expected_logs = backend.to_numpy(out), logs
+    for a, b in zip(*(m.state_dict().values() for m in models)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_device_inputs_with_nan_are_refused_before_training(xp):
+    first = backend.Device.from_namespace(xp, xp.devices[0])
+    with xpnn.use_device(first):
+        model = _cnn()
+        x = np.zeros((4, 3, 8, 8), dtype=np.float32)
+        x[2, 1, 0, 0] = np.nan
+        before = model.state_dict()
+        with pytest.raises(xpnn.errors.DataError, match="x contains 1 NaN/inf value\\(s\\); the first is in sample 2"):
+            model.fit(xpnn.to_device(x), xpnn.to_device(np.zeros(4, dtype=np.int64)), loss="cross_entropy", verbose=0)
+        for key, value in model.state_dict().items():
+            np.testing.assert_array_equal(value, before[key])

@@ -1,0 +1,380 @@
+"""An instrumented array-API namespace over NumPy: counts operations and host reads, and behaves
+like CuPy about devices. What ``benchmarks/count_ops.py`` and the device tests run on.
+
+Every array it makes is an :class:`Array` wrapping a NumPy array and a :class:`FakeDevice`. The
+namespace forwards each function to ``array_api_compat.numpy`` and records:
+
+* ``ops``: array operations by name, one per call that would launch a GPU kernel or copy. Views
+  (``permute_dims``, basic slicing, a ``reshape`` that needs no copy, ``broadcast_to``, ...),
+  ``empty`` (an allocation, no kernel) and no-op ``astype``/``asarray`` are free.
+* ``host_reads``: everything that waits for the device and brings a value back: ``float()``,
+  ``int()``, ``bool()``, ``__index__``, ``numpy.asarray(array)`` (what ``xpnn.to_numpy`` does),
+  data-dependent shapes (boolean-mask indexing, ``nonzero``, ``unique_*``), which CuPy must
+  sync to size, and ``clip``, which array-api-compat implements for CuPy with boolean masks.
+
+Devices work as in CuPy, not as the standard says: creation functions ignore ``device=`` and
+allocate on the *current* device (``with device:`` or ``device.use()``, as ``cupy.cuda.Device``),
+``asarray`` honours ``device=`` (array-api-compat's CuPy ``asarray`` does), and any operation on
+an array that is not on the current device raises, as a CuPy kernel launch does. So code that
+forgets to make its device current fails here on the CPU, which array-api-strict's
+``Device("device1")`` (it honours ``device=``) cannot show.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import operator
+import threading
+from typing import Any, Iterator
+
+import array_api_compat.numpy as _cnp
+import numpy as np
+
+__all__ = ["Namespace", "Array", "FakeDevice", "DeviceMismatch", "make"]
+
+
+class DeviceMismatch(ValueError):
+    """An array was used while another device was current (CuPy raises a ValueError too)."""
+
+
+class FakeDevice:
+    """One device of a :class:`Namespace`: a context manager that makes it current, like ``cupy.cuda.Device``."""
+
+    def __init__(self, namespace: "Namespace", index: int) -> None:
+        self.namespace, self.id = namespace, index
+
+    @property
+    def name(self) -> str:
+        return f"dev{self.id}"
+
+    def __enter__(self) -> "FakeDevice":
+        self.namespace._stack().append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.namespace._stack().pop()
+
+    def use(self) -> None:
+        """Make this device current until another is (``cupy.cuda.Device.use``)."""
+        self.namespace._local.base = self
+
+    def __repr__(self) -> str:
+        return f"FakeDevice({self.id})"
+
+
+# Functions that return views or metadata: no kernel on a GPU.
+_FREE = {"permute_dims", "matrix_transpose", "broadcast_to", "broadcast_arrays", "expand_dims", "squeeze", "flip",
+         "moveaxis", "unstack", "empty", "empty_like", "isdtype", "finfo", "iinfo", "result_type", "can_cast",
+         "broadcast_shapes"}
+# Functions whose output size depends on the data: CuPy syncs to learn it. And ``clip``: for CuPy,
+# array-api-compat's generic ``clip`` indexes with boolean masks, each of which syncs.
+_SYNCING = {"nonzero", "unique_all", "unique_counts", "unique_inverse", "unique_values", "argwhere", "clip"}
+# Creation functions: allocate on the current device whatever ``device=`` says (CuPy under array-api-compat).
+_CREATION = {"zeros", "ones", "full", "empty", "arange", "linspace", "eye", "zeros_like", "ones_like", "full_like",
+             "empty_like", "tril", "triu"}
+
+
+class Namespace:
+    """The instrumented namespace; ``make(devices=2)`` builds one with that many devices."""
+
+    def __init__(self, devices: int = 2, name: str = "instrumented") -> None:
+        self.__name__ = name
+        self.devices = [FakeDevice(self, i) for i in range(devices)]
+        self._local = threading.local()
+        self.ops: collections.Counter[str] = collections.Counter()
+        self.host_reads: collections.Counter[str] = collections.Counter()
+        self.recording = True
+        for dtype in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32",
+                      "float64", "complex64", "complex128"):
+            setattr(self, dtype, getattr(_cnp, dtype))
+        for constant in ("e", "pi", "inf", "nan", "newaxis"):
+            setattr(self, constant, getattr(_cnp, constant))
+
+    # ---- devices ----------------------------------------------------------------------
+
+    def _stack(self) -> list[FakeDevice]:
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def current(self) -> FakeDevice:
+        """The current device: the innermost ``with device:``, else the last ``use()``, else device 0."""
+        stack = self._stack()
+        return stack[-1] if stack else getattr(self._local, "base", None) or self.devices[0]
+
+    def __array_namespace_info__(self) -> Any:
+        namespace = self
+
+        class Info:
+            def devices(self) -> list[FakeDevice]:
+                return list(namespace.devices)
+
+            def default_device(self) -> FakeDevice:
+                return namespace.current()
+
+        return Info()
+
+    # ---- counting ---------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.ops.clear()
+        self.host_reads.clear()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Do not count inside the block (set-up work around what is measured)."""
+        was, self.recording = self.recording, False
+        try:
+            yield
+        finally:
+            self.recording = was
+
+    def count(self, name: str) -> None:
+        if self.recording:
+            self.ops[name] += 1
+
+    def read(self, name: str) -> None:
+        if self.recording:
+            self.host_reads[name] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
+
+    # ---- wrapping ---------------------------------------------------------------------
+
+    def _check(self, array: "Array", what: str) -> None:
+        current = self.current()
+        if array._device is not current:
+            raise DeviceMismatch(f"{what}: the array is on {array._device} but the current device is {current} "
+                                 f"(CuPy would refuse this kernel launch)")
+
+    def unwrap(self, value: Any, what: str) -> Any:
+        """NumPy data of ``value`` (recursing into lists and tuples), checking devices on the way."""
+        if isinstance(value, Array):
+            if value._ns is not self:
+                raise TypeError(f"{what}: an array of another instrumented namespace")
+            self._check(value, what)
+            return value._data
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.unwrap(v, what) for v in value)
+        if isinstance(value, np.ndarray):
+            raise TypeError(f"{what}: a NumPy array mixed with instrumented arrays; move it with asarray first")
+        return value
+
+    def wrap(self, value: Any, device: FakeDevice | None = None) -> Any:
+        if isinstance(value, (np.ndarray, np.generic)) and not isinstance(value, np.dtype):
+            return Array(self, np.asarray(value), device or self.current())
+        if isinstance(value, tuple):
+            return tuple(self.wrap(v, device) for v in value)
+        if isinstance(value, list):
+            return [self.wrap(v, device) for v in value]
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(_cnp, name)
+        if not callable(target) or isinstance(target, type):
+            return target
+        if name in ("linalg", "fft"):
+            raise AttributeError(name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            kwargs.pop("device", None) if name in _CREATION else None
+            data_args = self.unwrap(args, name)
+            data_kwargs = {k: self.unwrap(v, name) for k, v in kwargs.items()}
+            result = target(*data_args, **data_kwargs)
+            if name in _SYNCING:
+                self.read(name)
+            if isinstance(result, (np.ndarray, np.generic, tuple, list)) and name not in _FREE:
+                self.count(name)
+            return self.wrap(result)
+
+        call.__name__ = name
+        setattr(self, name, call)
+        return call
+
+    # functions whose cost depends on their arguments
+
+    def asarray(self, obj: Any, /, *, dtype: Any = None, device: Any = None, copy: bool | None = None) -> "Array":
+        """Host data to ``device`` (default: the current one), honouring ``device=`` as CuPy's compat ``asarray``."""
+        if isinstance(obj, Array):
+            self._check(obj, "asarray")
+            same = dtype is None or obj.dtype == dtype
+            if same and not copy:
+                return obj
+            self.count("astype" if not same else "copy")
+            return Array(self, np.array(obj._data, dtype=dtype, copy=True), obj._device)
+        target = device if isinstance(device, FakeDevice) else self.current()
+        self.count("to_device")
+        data = np.array(obj if isinstance(obj, np.ndarray) else self.unwrap(obj, "asarray"), dtype=dtype, copy=True)
+        return Array(self, data, target)
+
+    def astype(self, x: "Array", dtype: Any, /, *, copy: bool = True, device: Any = None) -> "Array":
+        self._check(x, "astype")
+        if x.dtype == dtype and not copy:
+            return x
+        self.count("astype")
+        return Array(self, x._data.astype(dtype, copy=True), x._device)
+
+    def reshape(self, x: "Array", /, shape: tuple[int, ...], *, copy: bool | None = None) -> "Array":
+        self._check(x, "reshape")
+        data = np.reshape(x._data, shape, copy=copy) if copy is not None else np.reshape(x._data, shape)
+        if copy or not np.shares_memory(data, x._data):
+            self.count("reshape(copy)")
+        return Array(self, data, x._device)
+
+
+class Array:
+    """A NumPy array on a :class:`FakeDevice` of a :class:`Namespace`; operators are counted."""
+
+    __slots__ = ("_ns", "_data", "_device")
+    __array_ufunc__ = None  # NumPy defers to our reflected operators, which refuse the mix
+
+    def __init__(self, namespace: Namespace, data: np.ndarray, device: FakeDevice) -> None:
+        self._ns, self._data, self._device = namespace, data, device
+
+    def __array_namespace__(self, api_version: str | None = None) -> Namespace:
+        return self._ns
+
+    # ---- attributes (no device work) ----------------------------------------------------
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._data.shape
+
+    @property
+    def dtype(self) -> Any:
+        return self._data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self._data.ndim
+
+    @property
+    def size(self) -> int:
+        return self._data.size
+
+    @property
+    def device(self) -> FakeDevice:
+        return self._device
+
+    @property
+    def T(self) -> "Array":
+        return Array(self._ns, self._data.T, self._device)
+
+    @property
+    def mT(self) -> "Array":
+        return Array(self._ns, np.swapaxes(self._data, -1, -2), self._device)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"Array({self._data!r}, device={self._device})"
+
+    # ---- host reads -------------------------------------------------------------------
+
+    def _read(self, kind: str) -> np.ndarray:
+        self._ns.read(kind)
+        return self._data
+
+    def __float__(self) -> float:
+        return float(self._read("float"))
+
+    def __int__(self) -> int:
+        return int(self._read("int"))
+
+    def __bool__(self) -> bool:
+        return bool(self._read("bool"))
+
+    def __index__(self) -> int:
+        return operator.index(self._read("index"))
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        data = self._read("to_numpy")
+        return np.array(data, dtype=dtype, copy=True) if copy or dtype is not None else data
+
+    # ---- indexing ---------------------------------------------------------------------
+
+    def _key(self, key: Any) -> tuple[Any, bool]:
+        """NumPy key, and whether it is advanced (arrays in it: a gather/scatter kernel)."""
+        ns = self._ns
+        parts = key if isinstance(key, tuple) else (key,)
+        advanced = False
+        for part in parts:
+            if isinstance(part, Array):
+                advanced = True
+                if part.dtype == np.bool_:
+                    ns.read("boolean mask")
+        return ns.unwrap(key, "indexing"), advanced
+
+    def __getitem__(self, key: Any) -> "Array":
+        self._ns._check(self, "__getitem__")
+        data_key, advanced = self._key(key)
+        result = self._data[data_key]
+        if advanced:
+            self._ns.count("gather")
+        return Array(self._ns, np.asarray(result), self._device)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._ns._check(self, "__setitem__")
+        data_key, _ = self._key(key)
+        self._data[data_key] = self._ns.unwrap(value, "__setitem__")
+        self._ns.count("setitem")
+
+
+def _binary(name: str, function: Any, reflected: bool = False) -> Any:
+    def method(self: Array, other: Any) -> Any:
+        ns = self._ns
+        if not isinstance(other, (Array, int, float, bool, complex)):
+            return NotImplemented
+        ns._check(self, name)
+        data = ns.unwrap(other, name)
+        result = function(data, self._data) if reflected else function(self._data, data)
+        ns.count(name.strip("_"))
+        return Array(ns, np.asarray(result), self._device)
+    method.__name__ = name
+    return method
+
+
+def _inplace(name: str, function: Any) -> Any:
+    def method(self: Array, other: Any) -> Array:
+        ns = self._ns
+        ns._check(self, name)
+        function(self._data, ns.unwrap(other, name))
+        ns.count(name.strip("_"))
+        return self
+    method.__name__ = name
+    return method
+
+
+def _unary(name: str, function: Any) -> Any:
+    def method(self: Array) -> Array:
+        self._ns._check(self, name)
+        self._ns.count(name.strip("_"))
+        return Array(self._ns, np.asarray(function(self._data)), self._device)
+    method.__name__ = name
+    return method
+
+
+for _name, _function in (("add", operator.add), ("sub", operator.sub), ("mul", operator.mul),
+                         ("truediv", operator.truediv), ("floordiv", operator.floordiv), ("mod", operator.mod),
+                         ("pow", operator.pow), ("matmul", operator.matmul), ("and", operator.and_),
+                         ("or", operator.or_), ("xor", operator.xor), ("lshift", operator.lshift),
+                         ("rshift", operator.rshift)):
+    setattr(Array, f"__{_name}__", _binary(f"__{_name}__", _function))
+    setattr(Array, f"__r{_name}__", _binary(f"__r{_name}__", _function, reflected=True))
+    setattr(Array, f"__i{_name}__", _inplace(f"__i{_name}__", getattr(operator, f"i{_name}")))
+for _name, _function in (("lt", operator.lt), ("le", operator.le), ("gt", operator.gt), ("ge", operator.ge),
+                         ("eq", operator.eq), ("ne", operator.ne)):
+    setattr(Array, f"__{_name}__", _binary(f"__{_name}__", _function))
+for _name, _function in (("neg", operator.neg), ("pos", operator.pos), ("abs", operator.abs),
+                         ("invert", operator.invert)):
+    setattr(Array, f"__{_name}__", _unary(f"__{_name}__", _function))
+Array.__hash__ = None  # type: ignore[assignment]
+
+
+def make(devices: int = 2, name: str = "instrumented") -> Namespace:
+    """A fresh namespace with ``devices`` devices (``dev0`` current until another is made current)."""
+    return Namespace(devices, name)

@@ -83,3 +83,33 @@ def default_device_is_left_as_found():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+class _GpuDevice:
+    """``cupy.cuda.Device`` as far as xpnn's availability check uses it."""
+
+    def __init__(self, index):
+        self.id = index
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.fixture
+def failing_cupy():
+    """A factory for a stand-in CuPy whose driver sees one GPU but whose ``library`` (e.g.
+    ``"libnvrtc.so.12"``) cannot be loaded: every kernel launch raises as CuPy then does."""
+    import types
+
+    def make(library: str):
+        def arange(*args, **kwargs):
+            raise RuntimeError(f"CompileException: {library}: cannot open shared object file")
+
+        runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, memGetInfo=lambda: (70 * 2**30, 80 * 2**30),
+                                        getDeviceProperties=lambda i: {"name": b"Test GPU"})
+        return types.SimpleNamespace(float32="float32", arange=arange,
+                                     cuda=types.SimpleNamespace(Device=_GpuDevice, runtime=runtime))
+    return make

@@ -123,42 +123,10 @@ def test_seed_gives_same_initial_weights_on_every_backend():
             np.testing.assert_array_equal(value, other[key])
 
 
-class _FailingCupy:
-    """Stands in for a CuPy whose driver sees a GPU but whose ``library`` cannot be loaded."""
-
-    float32 = "float32"
-
-    def __init__(self, library):
-        self.library = library
-        outer = self
-
-        class Device:
-            def __init__(self, index):
-                self.id = index
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                return False
-
-        class Runtime:
-            @staticmethod
-            def getDeviceCount():
-                return 1
-
-        self.cuda = type("cuda", (), {"Device": Device, "runtime": Runtime})
-
-        def arange(*args, **kwargs):
-            raise RuntimeError(f"CompileException: {outer.library}: cannot open shared object file")
-
-        self.arange = arange
-
-
 @pytest.mark.parametrize("library, named", [("libnvrtc.so.12", "NVRTC"), ("libcublas.so.12", "cuBLAS"),
                                             ("something else", "a CUDA library or the driver")])
-def test_gpu_that_cannot_compute_is_a_device_error_and_auto_falls_back(monkeypatch, library, named):
-    monkeypatch.setattr(backend, "_import_cupy", lambda spec: _FailingCupy(library))
+def test_gpu_that_cannot_compute_is_a_device_error_and_auto_falls_back(monkeypatch, failing_cupy, library, named):
+    monkeypatch.setattr(backend, "_import_cupy", lambda spec: failing_cupy(library))
     monkeypatch.setattr(backend, "_working_gpus", set())
     monkeypatch.setattr(backend, "_auto_warned", False)
     with pytest.raises(xpnn.DeviceError) as info:

@@ -342,32 +342,14 @@ def test_error_gpu_that_is_not_there():
     assert_user_error(xpnn_cmd("train", "--device", "gpu:0", check=False), "gpu:0", "--device cpu")
 
 
-def test_devices_shows_a_gpu_that_fails_the_availability_check(monkeypatch, capsys):
+def test_devices_shows_a_gpu_that_fails_the_availability_check(monkeypatch, capsys, failing_cupy):
     """A GPU whose CUDA libraries are missing is listed as unusable, with the library, and auto picks the CPU."""
     import importlib.util
     import types
 
     from xpnn import backend, cli
 
-    failing = types.SimpleNamespace(float32="float32")
-
-    class Device:
-        def __init__(self, index):
-            self.id = index
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    def arange(*args, **kwargs):
-        raise RuntimeError("CompileException: libnvrtc.so.12: cannot open shared object file")
-
-    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, memGetInfo=lambda: (70 * 2**30, 80 * 2**30),
-                                    getDeviceProperties=lambda i: {"name": b"Test GPU"})
-    failing.cuda = types.SimpleNamespace(Device=Device, runtime=runtime)
-    failing.arange = arange
+    failing = failing_cupy("libnvrtc.so.12")
     monkeypatch.setitem(sys.modules, "cupy", failing)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "cupy" else None)
     monkeypatch.setattr(backend, "_import_cupy", lambda spec: failing)

@@ -68,6 +68,19 @@ def test_update_after_the_last_batch_is_checked_before_callbacks_see_it(tmp_path
     assert not (tmp_path / "ckpt.npz").exists()
 
 
+def test_running_statistics_that_overflowed_stop_training_before_a_checkpoint(tmp_path):
+    """A batch variance beyond float32's range: BatchNorm's outputs (and the loss) stay finite,
+    its running variance becomes inf; the run stops before a checkpoint could hold it."""
+    xpnn.seed(0)
+    model = xpnn.Sequential([xpnn.layers.BatchNorm1D(2), xpnn.layers.Linear(2, 1)])
+    x = np.zeros((8, 2), dtype=np.float32)
+    x[::2, 0], x[1::2, 0] = 3e19, -3e19
+    checkpoint = xpnn.ModelCheckpoint(tmp_path / "ckpt.npz")
+    with pytest.raises(TrainingDivergedError, match=r"running statistics 0\.running_var became NaN/inf in epoch 1"):
+        model.fit(x, np.ones((8, 1), np.float32), loss="mse", batch_size=None, verbose=0, callbacks=[checkpoint])
+    assert not (tmp_path / "ckpt.npz").exists()
+
+
 def test_non_finite_validation_loss_stops_training(tmp_path):
     xpnn.seed(0)
     model = xpnn.mlp([2, 1])

@@ -244,26 +244,36 @@ _DIVERGED_ADVICE = ("Lower the learning rate, check the inputs are scaled, or us
                     "Checkpoints already written are intact.")
 
 
-def _check_finite_weights(params: Sequence[Any], epoch: int) -> None:
-    """Raise :class:`TrainingDivergedError` if any parameter holds NaN, inf, or a value so large
-    (beyond the square root of the dtype's maximum) that multiplying two such values overflows.
+def _check_finite_state(model: Any, params: Sequence[Any], epoch: int) -> None:
+    """Raise :class:`TrainingDivergedError` if a trained parameter holds NaN, inf, or a value so
+    large (beyond the square root of the dtype's maximum) that multiplying two such values
+    overflows, or if a running statistic (BatchNorm's buffers) is NaN/inf.
 
     The loss of a batch is computed before its update, so the update after an epoch's last
-    batch can make the weights non-finite unseen by the loss check, and a network whose weights
-    exploded but whose ReLUs all died still reports a finite loss. This runs before the epoch's
-    callbacks (checkpoints) see the weights; it reads one small array from the device.
+    batch can make the weights non-finite unseen by the loss check; a network whose weights
+    exploded but whose ReLUs all died still reports a finite loss; and a BatchNorm whose batch
+    variance overflowed normalizes to finite outputs while its running variance is inf. This runs
+    before the epoch's callbacks (checkpoints) see the model; it reads one small array from the device.
     """
-    if not params:
+    buffers = [(f"{path}.{name}" if path else name, value) for path, layer in model.walk()
+               for name, value in layer.buffers().items()]
+    if not params and not buffers:
         return
-    xp = array_namespace(params[0].value)
-    limit = math.sqrt(float(np.finfo(backend.dtype_name(params[0].value.dtype)).max))
-    flags = xp.stack([xp.all(xp.abs(p.value) <= limit) for p in params])  # False for NaN too
-    bad = np.flatnonzero(~backend.to_numpy(flags))
-    if bad.size:
-        names = ", ".join(params[i].name or f"#{i}" for i in bad[:3])
+    xp = array_namespace(params[0].value if params else buffers[0][1])
+    limit = math.sqrt(float(np.finfo(model.dtype).max))
+    flags = [xp.all(xp.abs(p.value) <= limit) for p in params]  # False for NaN too
+    flags += [xp.all(xp.isfinite(value)) for _, value in buffers]
+    bad = np.flatnonzero(~backend.to_numpy(xp.stack(flags)))
+    bad_params = [params[i].name or f"#{i}" for i in bad if i < len(params)]
+    bad_buffers = [buffers[i - len(params)][0] for i in bad if i >= len(params)]
+    if bad_params:
         raise TrainingDivergedError(
-            f"the weights became NaN/inf or exploded (|w| > {limit:.2g}) in epoch {epoch + 1} ({bad.size} of "
-            f"{len(params)} parameters, e.g. {names}); training stopped. {_DIVERGED_ADVICE}")
+            f"the weights became NaN/inf or exploded (|w| > {limit:.2g}) in epoch {epoch + 1} ({len(bad_params)} of "
+            f"{len(params)} parameters, e.g. {', '.join(bad_params[:3])}); training stopped. {_DIVERGED_ADVICE}")
+    if bad_buffers:
+        raise TrainingDivergedError(
+            f"the running statistics {', '.join(bad_buffers[:3])} became NaN/inf in epoch {epoch + 1} (the batch "
+            f"statistics overflowed); training stopped. {_DIVERGED_ADVICE}")
 
 
 class _Meter:
@@ -433,7 +443,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
                 bar.close()
         if strategy is not None:
             strategy.end_epoch(model)
-        _check_finite_weights(params, epoch)
+        _check_finite_state(model, params, epoch)
         if val is not None:
             run = evaluate if strategy is None else strategy.evaluate
             val_logs = {f"val_{k}": v for k, v in

@@ -255,6 +255,21 @@ def test_load_weights_starts_a_new_model_from_the_matching_ones(tmp_path):
     np.testing.assert_array_equal(target.state_dict()["3.body.3.weight"], source.state_dict()["3.body.3.weight"])
 
 
+def test_load_weights_refuses_a_weight_that_is_not_numbers(tmp_path):
+    """A matching name and shape but text values: an error naming it, never a silent load of zeros."""
+    path = xpnn.save(small_resnet(classes=2), tmp_path / "source.npz")
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["model/0.weight"] = np.full(arrays["model/0.weight"].shape, "x")
+    np.savez(tmp_path / "text.npz", **arrays)
+    target = small_resnet(classes=2)
+    before = target.state_dict()
+    with pytest.raises(ModelFileError, match=r"text.npz: weights do not match the architecture: 0.weight holds <U1"):
+        xpnn.io.load_weights(tmp_path / "text.npz", target)
+    for key, value in target.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
 # --------------------------------------------------------------------------- model files
 
 

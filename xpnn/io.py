@@ -227,8 +227,10 @@ class _Archive:
             if name.startswith("model/"):
                 key = name[len("model/"):]
                 shape, dtype = self.declared(name)
-                fits = expected.get(key) == shape and dtype.kind in "fiu"
-                out[key] = self.read(name) if fits else np.broadcast_to(np.zeros((), dtype), shape)
+                if dtype.kind not in "fiu":  # a stand-in of the right shape would load as zeros
+                    raise self.error(f"weights do not match the architecture: {key} holds {dtype} values, not "
+                                     f"numbers")
+                out[key] = self.read(name) if expected.get(key) == shape else np.broadcast_to(np.zeros((), dtype), shape)
         return out
 
     def join(self, tree: Any) -> Any:

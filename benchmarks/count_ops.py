@@ -14,7 +14,7 @@ time. Two figures per workload:
   counts the batch transfer, scaling and metric sums, but not the once-per-epoch work.
 
 Host reads are counted the same way: a step of ``fit`` must make none (the metrics are read only
-every ``xpnn.train.SYNC_SECONDS``, set to infinity here so the figure is about the step).
+every ``xpnn.train.loop.SYNC_SECONDS``, set to infinity here so the figure is about the step).
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import xpnn  # noqa: E402
-from xpnn import backend, instrumented, optim, train, zoo  # noqa: E402
+from xpnn import backend, instrumented, optim, zoo  # noqa: E402
+from xpnn.train import loop  # noqa: E402
 
 # name: (title, builder, input shape (C, H, W), classes, batch)
 WORKLOADS = {
@@ -84,8 +85,8 @@ def count_fit(name: str, optimizer: str) -> tuple[dict, dict]:
     """Per-step operations and host reads of ``fit``: the difference of 3 and 1 batches, halved."""
     title, build, shape, classes, batch = WORKLOADS[name]
     results = []
-    saved = train.SYNC_SECONDS
-    train.SYNC_SECONDS = math.inf
+    saved = loop.SYNC_SECONDS
+    loop.SYNC_SECONDS = math.inf
     try:
         for batches in (1, 3):
             xp = instrumented.make()
@@ -99,7 +100,7 @@ def count_fit(name: str, optimizer: str) -> tuple[dict, dict]:
                           batch_size=batch, shuffle=False, verbose=0, scale="unit")
             results.append((dict(xp.ops), dict(xp.host_reads)))
     finally:
-        train.SYNC_SECONDS = saved
+        loop.SYNC_SECONDS = saved
     (ops1, reads1), (ops3, reads3) = results
 
     def per_step(one: dict, three: dict) -> dict:

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import xpnn
-from xpnn import backend, distributed, instrumented, layers, losses, optim, train
+from xpnn import backend, distributed, instrumented, layers, losses, optim
 from xpnn.data import transforms
+from xpnn.train import loop
 
 
 @pytest.fixture
@@ -95,7 +96,7 @@ def test_gradient_reduction_runs_on_the_parameters_device(xp):
 
 
 def _fit_reads(xp, batches, monkeypatch, sync_seconds):
-    monkeypatch.setattr(train, "SYNC_SECONDS", sync_seconds)
+    monkeypatch.setattr(loop, "SYNC_SECONDS", sync_seconds)
     first = backend.Device.from_namespace(xp, xp.devices[0])
     x_host, y_host = _data(5 * batches)
     with xpnn.use_device(first):

@@ -19,6 +19,7 @@ import pytest
 import xpnn
 from xpnn import backend, distributed, layers, optim
 from xpnn.data.loader import DataLoader
+from xpnn.distributed import launch, transports
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "distributed_worker.py")
@@ -144,23 +145,23 @@ def test_launched_without_mpi4py_says_how_to_install(clean_launcher):
 
 def test_device_choice_follows_the_local_rank(clean_launcher):
     clean_launcher.setattr(backend, "devices", lambda: ["cpu", "gpu:0", "gpu:1", "gpu:2"])
-    assert distributed._device_spec("gpu", 1) == "gpu:1"
-    assert distributed._device_spec("cuda", 0) == "gpu:0"
-    assert distributed._device_spec("cpu", 1) == "cpu"
-    assert distributed._device_spec(None, 1) is None
+    assert launch._device_spec("gpu", 1) == "gpu:1"
+    assert launch._device_spec("cuda", 0) == "gpu:0"
+    assert launch._device_spec("cpu", 1) == "cpu"
+    assert launch._device_spec(None, 1) is None
     clean_launcher.setenv("XPNN_DEVICE", "gpu")
-    assert distributed._device_spec(None, 2) == "gpu:2"
+    assert launch._device_spec(None, 2) == "gpu:2"
     clean_launcher.setattr(backend, "devices", lambda: ["cpu", "gpu:0", "gpu:1"])
-    assert distributed._device_spec("auto", 1) == "gpu:1"
-    assert distributed._device_spec("gpu", 3) == "gpu:1", "ranks map to GPUs modulo the visible count"
+    assert launch._device_spec("auto", 1) == "gpu:1"
+    assert launch._device_spec("gpu", 3) == "gpu:1", "ranks map to GPUs modulo the visible count"
     # one GPU per rank (Slurm --gpus-per-task=1, CUDA_VISIBLE_DEVICES per rank): every rank sees gpu:0
     clean_launcher.setattr(backend, "devices", lambda: ["cpu", "gpu:0"])
-    assert [distributed._device_spec(spec, local) for spec in ("gpu", "auto") for local in (0, 1, 5)] == ["gpu:0"] * 6
+    assert [launch._device_spec(spec, local) for spec in ("gpu", "auto") for local in (0, 1, 5)] == ["gpu:0"] * 6
     clean_launcher.setattr(backend, "devices", lambda: ["cpu"])
-    assert distributed._device_spec("gpu", 1) == "gpu", "an explicit GPU request is left to set_device to refuse"
+    assert launch._device_spec("gpu", 1) == "gpu", "an explicit GPU request is left to set_device to refuse"
     clean_launcher.setattr(backend, "devices", lambda: ["cpu"])
     with pytest.warns(UserWarning, match="no GPU"):
-        assert distributed._device_spec("auto", 0) == "cpu"
+        assert launch._device_spec("auto", 0) == "cpu"
 
 
 def test_shard_bounds_cover_every_sample_once():
@@ -176,7 +177,7 @@ def test_shard_bounds_cover_every_sample_once():
 
 
 def test_cpu_devices_use_mpi_without_touching_nccl(monkeypatch):
-    monkeypatch.setattr(distributed, "_load_nccl", lambda: pytest.fail("NCCL must not be loaded for the CPU"))
+    monkeypatch.setattr(transports, "_load_nccl", lambda: pytest.fail("NCCL must not be loaded for the CPU"))
     mpi = FakeMpi()
     assert distributed.select_gradient_comm(mpi, backend.resolve("cpu")) is mpi
     with pytest.raises(distributed.DistributedError, match="needs a CuPy GPU"):
@@ -185,11 +186,11 @@ def test_cpu_devices_use_mpi_without_touching_nccl(monkeypatch):
 
 def test_nccl_is_chosen_and_called_as_cupy_documents(monkeypatch):
     nccl = FakeNccl()
-    monkeypatch.setattr(distributed, "_load_nccl", lambda: nccl)
+    monkeypatch.setattr(transports, "_load_nccl", lambda: nccl)
     mpi = FakeMpi(rank=1, size=2, others=[(None, "node0", "gpu:0", "gpu:0")])
     stream = types.SimpleNamespace(ptr=1234)
     comm = distributed.select_gradient_comm(mpi, fake_gpu(nccl))
-    assert isinstance(comm, distributed._NcclComm) and comm.name == "nccl"
+    assert isinstance(comm, transports.NcclComm) and comm.name == "nccl"
     assert nccl.calls == [("init", 2, ("uid-from-rank-0",), 1, True)]
     comm._stream = lambda: stream
     buffer = types.SimpleNamespace(data=types.SimpleNamespace(ptr=99), size=10, dtype=np.dtype("float32"))
@@ -203,10 +204,10 @@ def test_unusable_nccl_falls_back_to_mpi_on_every_rank(monkeypatch, problem):
     if problem == "missing here":
         def load():
             raise ImportError("libnccl.so.2: cannot open shared object file")
-        monkeypatch.setattr(distributed, "_load_nccl", load)
+        monkeypatch.setattr(transports, "_load_nccl", load)
         others = [(None, "node0", "gpu:0", "gpu:0")]
     else:
-        monkeypatch.setattr(distributed, "_load_nccl", lambda: nccl)
+        monkeypatch.setattr(transports, "_load_nccl", lambda: nccl)
         others = [("ImportError: no NCCL", "node0", "gpu:0", "gpu:0")] if problem == "missing elsewhere" else \
             [(None, "node0", "gpu:1", "gpu:1")]
     mpi = FakeMpi(rank=0, size=2, others=others)
@@ -226,11 +227,11 @@ class _PciNative(_Native):
 def test_one_gpu_per_rank_is_not_taken_for_a_shared_gpu(monkeypatch):
     """Every rank's GPU is gpu:0 when each sees only its own; the PCI bus ids tell them apart."""
     nccl = FakeNccl()
-    monkeypatch.setattr(distributed, "_load_nccl", lambda: nccl)
+    monkeypatch.setattr(transports, "_load_nccl", lambda: nccl)
     mine = backend.Device("gpu:0", types.ModuleType("cupy"), _PciNative(nccl, "0000:3B:00.0"))
     assert backend.gpu_identity(mine) == "0000:3B:00.0"
     mpi = FakeMpi(rank=0, size=2, others=[(None, "node0", "gpu:0", "0000:86:00.0")])
-    assert isinstance(distributed.select_gradient_comm(mpi, mine), distributed._NcclComm)
+    assert isinstance(distributed.select_gradient_comm(mpi, mine), transports.NcclComm)
     shared = FakeMpi(rank=0, size=2, others=[(None, "node0", "gpu:0", "0000:3B:00.0")])
     with pytest.raises(distributed.DistributedError, match=r"ranks 0 and 1 share one GPU on node0 \(gpu:0, "
                                                            r"0000:3B:00.0\)"):
@@ -239,7 +240,7 @@ def test_one_gpu_per_rank_is_not_taken_for_a_shared_gpu(monkeypatch):
 
 def test_backend_variable_forces_mpi(monkeypatch):
     monkeypatch.setenv("XPNN_DIST_BACKEND", "mpi")
-    monkeypatch.setattr(distributed, "_load_nccl", lambda: pytest.fail("XPNN_DIST_BACKEND=mpi must skip NCCL"))
+    monkeypatch.setattr(transports, "_load_nccl", lambda: pytest.fail("XPNN_DIST_BACKEND=mpi must skip NCCL"))
     mpi = FakeMpi()
     assert distributed.select_gradient_comm(mpi, fake_gpu()) is mpi
     with pytest.raises(ValueError, match="'auto', 'nccl' or 'mpi'"):
@@ -293,7 +294,7 @@ class RawComm:
 
 
 def test_mpi_allreduce_stages_any_namespace_through_host_memory(device):
-    comm = distributed._MpiComm(RawComm(), types.SimpleNamespace(IN_PLACE="IN_PLACE", SUM="SUM"))
+    comm = transports.MpiComm(RawComm(), types.SimpleNamespace(IN_PLACE="IN_PLACE", SUM="SUM"))
     buffer = backend.to_device(np.arange(5, dtype=np.float32), device)
     out = comm.allreduce_(buffer)
     assert backend.device_of(out) == device and out.dtype == buffer.dtype

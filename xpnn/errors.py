@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .backend import DeviceError
 
-__all__ = ["ShapeError", "DataError", "TrainingDivergedError", "ModelFileError", "DeviceError"]
+__all__ = ["ShapeError", "DataError", "TrainingDivergedError", "ModelFileError", "DeviceError", "DistributedError"]
 
 
 class ShapeError(ValueError):
@@ -20,3 +20,7 @@ class TrainingDivergedError(FloatingPointError):
 
 class ModelFileError(ValueError):
     """A model file is corrupt, from a newer format, or does not match the architecture."""
+
+
+class DistributedError(RuntimeError):
+    """Ranks disagree (model, data) or the requested communication backend is unusable."""

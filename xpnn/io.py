@@ -27,6 +27,7 @@ from .files import atomic_write, json_text
 from .layers.base import LoadReport, layer_from_spec, layer_spec
 from .losses import get_loss
 from .model import Sequential
+from .optim import get_optimizer
 
 __all__ = ["save", "load", "load_weights", "load_checkpoint", "FORMAT", "FORMAT_VERSION"]
 
@@ -431,8 +432,6 @@ def load_weights(path: "str | os.PathLike[str]", model: Sequential, strict: bool
 def _optimizer(archive: _Archive, model: Sequential) -> Any:
     """The optimizer saved in the header with its state restored, each state array's declared
     shape checked against its parameter before it is read."""
-    from .optim import get_optimizer
-
     spec = archive.header["optimizer"]
     try:
         optimizer = get_optimizer(spec["type"], **spec["config"])

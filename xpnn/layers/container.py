@@ -230,17 +230,17 @@ class Sequential(Layer):
 
     def fit(self, x: Any, y: Any, **kwargs: Any) -> Any:
         """Train; see :func:`xpnn.train.fit` for the arguments. Returns the History."""
-        from ..train import fit
+        from ..train.loop import fit
         return fit(self, x, y, **kwargs)
 
     def evaluate(self, x: Any, y: Any, **kwargs: Any) -> dict[str, float]:
         """Loss and metrics on ``(x, y)``; see :func:`xpnn.train.evaluate`."""
-        from ..train import evaluate
+        from ..train.loop import evaluate
         return evaluate(self, x, y, **kwargs)
 
     def predict(self, x: Any, **kwargs: Any) -> Any:
         """Model outputs for ``x``, in eval mode, as a NumPy array; see :func:`xpnn.train.predict`."""
-        from ..train import predict
+        from ..train.loop import predict
         return predict(self, x, **kwargs)
 
 

@@ -1,0 +1,106 @@
+"""What the loop watches: device-side sums of loss and correct predictions, read back only at a
+sync, and the finite-weights check at each epoch's end. Both stop a diverged run, naming where."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from .. import backend
+from ..errors import TrainingDivergedError
+from ..losses import Loss
+
+
+DIVERGED_ADVICE = ("Lower the learning rate, check the inputs are scaled, or use a loss with from_logits=True. "
+                    "Checkpoints already written are intact.")
+
+
+def check_finite_state(model: Any, params: Sequence[Any], epoch: int) -> None:
+    """Raise :class:`TrainingDivergedError` if a trained parameter holds NaN, inf, or a value so
+    large (beyond the square root of the dtype's maximum) that multiplying two such values
+    overflows, or if a running statistic (BatchNorm's buffers) is NaN/inf.
+
+    The loss of a batch is computed before its update, so the update after an epoch's last
+    batch can make the weights non-finite unseen by the loss check; a network whose weights
+    exploded but whose ReLUs all died still reports a finite loss; and a BatchNorm whose batch
+    variance overflowed normalizes to finite outputs while its running variance is inf. This runs
+    before the epoch's callbacks (checkpoints) see the model; it reads one small array from the device.
+    """
+    buffers = [(f"{path}.{name}" if path else name, value) for path, layer in model.walk()
+               for name, value in layer.buffers().items()]
+    if not params and not buffers:
+        return
+    xp = array_namespace(params[0].value if params else buffers[0][1])
+    limit = math.sqrt(float(np.finfo(model.dtype).max))
+    flags = [xp.all(xp.abs(p.value) <= limit) for p in params]  # False for NaN too
+    flags += [xp.all(xp.isfinite(value)) for _, value in buffers]
+    bad = np.flatnonzero(~backend.to_numpy(xp.stack(flags)))
+    bad_params = [params[i].name or f"#{i}" for i in bad if i < len(params)]
+    bad_buffers = [buffers[i - len(params)][0] for i in bad if i >= len(params)]
+    if bad_params:
+        raise TrainingDivergedError(
+            f"the weights became NaN/inf or exploded (|w| > {limit:.2g}) in epoch {epoch + 1} ({len(bad_params)} of "
+            f"{len(params)} parameters, e.g. {', '.join(bad_params[:3])}); training stopped. {DIVERGED_ADVICE}")
+    if bad_buffers:
+        raise TrainingDivergedError(
+            f"the running statistics {', '.join(bad_buffers[:3])} became NaN/inf in epoch {epoch + 1} (the batch "
+            f"statistics overflowed); training stopped. {DIVERGED_ADVICE}")
+
+
+class Meter:
+    """Device-side sums of loss and correct predictions, read back only on :meth:`sync`.
+
+    ``reduce`` (data-parallel training) sums them over ranks at each sync; ``seen`` is the
+    number of samples (on all ranks) the last sync counted.
+    """
+
+    def __init__(self, loss: Loss, epoch: int, reduce: Any = None) -> None:
+        self.loss, self.epoch, self.reduce = loss, epoch, reduce
+        self.seen = 0
+        self.loss_sum: Any = 0.0
+        self.correct: Any = 0
+        self.samples = 0
+        self.pending: list[Any] = []
+        self.synced_batches = 0
+        self.values = {"loss": math.nan}
+
+    def add(self, value: Any, out: Any, target: Any, track_divergence: bool = True) -> None:
+        n = int(out.shape[0])
+        self.samples += n
+        self.loss_sum = self.loss_sum + value * float(n)
+        if track_divergence:
+            self.pending.append(value)
+        if self.loss.task in ("binary", "multiclass"):
+            xp = array_namespace(out)
+            predicted = self.loss.predicted_classes(out)
+            if target.ndim == 2 and self.loss.task == "multiclass":
+                target = xp.argmax(target, axis=1)
+            truth = xp.reshape(target, tuple(predicted.shape))
+            self.correct = self.correct + xp.sum(xp.astype(predicted == xp.astype(truth, predicted.dtype, copy=False),
+                                                           xp.int64))
+
+    def sync(self, batches_per_epoch: int | None = None) -> dict[str, float]:
+        """Read the sums to the host (one transfer); raise if any pending batch loss is not finite."""
+        if self.pending:
+            xp = array_namespace(self.pending[0])
+            losses = backend.to_numpy(xp.stack(self.pending))
+            bad = np.flatnonzero(~np.isfinite(losses))
+            if bad.size:
+                batch = self.synced_batches + int(bad[0]) + 1
+                of = f" of {batches_per_epoch}" if batches_per_epoch else ""
+                raise TrainingDivergedError(
+                    f"the loss became {losses[bad[0]]} at epoch {self.epoch + 1}, batch {batch}{of}; training "
+                    f"stopped. {DIVERGED_ADVICE}")
+            self.synced_batches += len(self.pending)
+            self.pending.clear()
+        loss_sum, correct, samples = self.loss_sum, self.correct, self.samples
+        if self.reduce is not None:
+            loss_sum, correct, samples = self.reduce(loss_sum, correct, samples)
+        self.seen = samples
+        if samples:
+            self.values = {"loss": float(backend.to_numpy(loss_sum)) / samples}
+            if self.loss.task in ("binary", "multiclass"):
+                self.values["accuracy"] = float(backend.to_numpy(correct)) / samples
+        return self.values

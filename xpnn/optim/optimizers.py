@@ -1,17 +1,5 @@
-"""Optimizers (SGD with momentum/Nesterov, Adam, AdamW, RMSprop) and per-epoch learning-rate schedules.
-
-``optimizer.step(params)`` updates each ``Parameter.value`` in place on its own device from its
-``grad``, with the PyTorch formulations, so results can be compared with ``torch.optim``. The
-update is written once against the array API (the namespace comes from the parameter), keeps
-hyperparameters as Python floats so float32 parameters stay float32, and never touches the host.
-Per-parameter state (momentum buffers, Adam moments) is created as zeros on the parameter's device
-and keyed by the parameter's name, which must therefore be unique. The update runs on flat buffers
-of all the parameters at once (see :meth:`Optimizer.step`): a dozen operations per step, not a
-dozen per parameter, which is what a GPU's kernel-launch cost asks for.
-
-A learning rate is a float or a :class:`Schedule` evaluated per epoch: the training loop calls
-``optimizer.set_epoch(epoch)`` at the start of every epoch and ``optimizer.lr`` follows.
-"""
+"""The optimizers: a base class that updates every parameter at once through flat buffers, and
+SGD (momentum, Nesterov), Adam, AdamW and RMSprop on top of it (PyTorch's formulations)."""
 from __future__ import annotations
 
 import math
@@ -21,157 +9,12 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from array_api_compat import array_namespace, is_numpy_namespace
 
-from . import backend
-from .layers.base import Parameter
+from .. import backend
+from ..layers.base import Parameter
+from .arguments import NON_NEGATIVE, UNIT, from_spec, integer, number
+from .schedules import Schedule, get_schedule
 
-__all__ = [
-    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get_optimizer",
-    "Schedule", "StepDecay", "CosineDecay", "ExponentialDecay", "get_schedule",
-]
-
-# --------------------------------------------------------------------------- argument checks
-
-_Rule = tuple[str, Callable[[float], bool]]
-_NON_NEGATIVE: _Rule = ("a finite number >= 0", lambda v: v >= 0.0)
-_POSITIVE: _Rule = ("a finite number > 0", lambda v: v > 0.0)
-_UNIT: _Rule = ("a number in [0, 1)", lambda v: 0.0 <= v < 1.0)
-_DECAY: _Rule = ("a number in (0, 1]", lambda v: 0.0 < v <= 1.0)
-
-
-def _number(owner: str, name: str, value: Any, rule: _Rule) -> float:
-    """``value`` as a Python float (never a NumPy scalar, which would promote float32), checked."""
-    text, ok = rule
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            or not ok(float(value))):
-        raise ValueError(f"{owner}: {name} must be {text}, got {value!r}")
-    return float(value)
-
-
-def _integer(owner: str, name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{owner}: {name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-# --------------------------------------------------------------------------- schedules
-
-class Schedule:
-    """A learning rate as a function of the 0-based epoch; ``config()`` gives the constructor args."""
-
-    name: ClassVar[str] = ""
-
-    def __call__(self, epoch: int) -> float:
-        raise NotImplementedError
-
-    def config(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _epoch(self, epoch: Any) -> int:
-        return _integer(type(self).__name__, "epoch", epoch, 0)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
-        return f"{type(self).__name__}({args})"
-
-
-class StepDecay(Schedule):
-    """``lr * gamma ** (epoch // step_size)``: multiply by ``gamma`` every ``step_size`` epochs."""
-
-    name = "step"
-
-    def __init__(self, lr: float, step_size: int, gamma: float = 0.1) -> None:
-        self.lr = _number("StepDecay", "lr", lr, _NON_NEGATIVE)
-        self.step_size = _integer("StepDecay", "step_size", step_size, 1)
-        self.gamma = _number("StepDecay", "gamma", gamma, _DECAY)
-
-    def __call__(self, epoch: int) -> float:
-        return self.lr * self.gamma ** (self._epoch(epoch) // self.step_size)
-
-    def config(self) -> dict[str, Any]:
-        return {"lr": self.lr, "step_size": self.step_size, "gamma": self.gamma}
-
-
-class ExponentialDecay(Schedule):
-    """``lr * gamma ** epoch``."""
-
-    name = "exponential"
-
-    def __init__(self, lr: float, gamma: float) -> None:
-        self.lr = _number("ExponentialDecay", "lr", lr, _NON_NEGATIVE)
-        self.gamma = _number("ExponentialDecay", "gamma", gamma, _DECAY)
-
-    def __call__(self, epoch: int) -> float:
-        return self.lr * self.gamma ** self._epoch(epoch)
-
-    def config(self) -> dict[str, Any]:
-        return {"lr": self.lr, "gamma": self.gamma}
-
-
-class CosineDecay(Schedule):
-    """Cosine annealing from ``lr`` to ``min_lr`` over ``epochs``, after an optional linear warmup.
-
-    Warmup epoch ``e < warmup_epochs`` uses ``lr * (e + 1) / (warmup_epochs + 1)``, a ramp that
-    reaches ``lr`` at the first cosine epoch. Epoch ``e`` after it uses
-    ``min_lr + (lr - min_lr) * (1 + cos(pi * (e - warmup) / (epochs - warmup))) / 2`` (PyTorch's
-    ``CosineAnnealingLR`` with ``T_max=epochs`` when there is no warmup), and ``min_lr`` from
-    ``epochs`` on rather than climbing back up.
-    """
-
-    name = "cosine"
-
-    def __init__(self, lr: float, epochs: int, min_lr: float = 0.0, warmup_epochs: int = 0) -> None:
-        self.lr = _number("CosineDecay", "lr", lr, _NON_NEGATIVE)
-        self.epochs = _integer("CosineDecay", "epochs", epochs, 1)
-        self.min_lr = _number("CosineDecay", "min_lr", min_lr, _NON_NEGATIVE)
-        if self.min_lr > self.lr:
-            raise ValueError(f"CosineDecay: min_lr ({min_lr!r}) must not exceed lr ({lr!r})")
-        self.warmup_epochs = _integer("CosineDecay", "warmup_epochs", warmup_epochs, 0)
-        if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"CosineDecay: warmup_epochs ({warmup_epochs!r}) must be less than epochs ({epochs!r})")
-
-    def __call__(self, epoch: int) -> float:
-        epoch = self._epoch(epoch)
-        warmup = self.warmup_epochs
-        if epoch < warmup:
-            return self.lr * (epoch + 1) / (warmup + 1)
-        if epoch >= self.epochs:
-            return self.min_lr
-        progress = (epoch - warmup) / (self.epochs - warmup)
-        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    def config(self) -> dict[str, Any]:
-        return {"lr": self.lr, "epochs": self.epochs, "min_lr": self.min_lr, "warmup_epochs": self.warmup_epochs}
-
-
-_SCHEDULES: dict[str, type[Schedule]] = {cls.name: cls for cls in (StepDecay, CosineDecay, ExponentialDecay)}
-
-
-def _build(kind: str, base: type, table: Mapping[str, Callable[..., Any]], spec: Any, kwargs: dict[str, Any]) -> Any:
-    """Shared by get_schedule/get_optimizer: an instance, a name plus arguments, or a record with "name"."""
-    caller = f"get_{kind}"
-    if isinstance(spec, base):
-        if kwargs:
-            raise ValueError(f"{caller}: got an instance {spec!r} and arguments {sorted(kwargs)} to apply to it")
-        return spec
-    if isinstance(spec, Mapping):
-        kwargs = {**spec, **kwargs}
-        if "name" not in kwargs:
-            raise ValueError(f"{caller}: the record needs a 'name' key, got keys {sorted(kwargs)}")
-        spec = kwargs.pop("name")
-    key = spec.strip().lower() if isinstance(spec, str) else spec
-    if not isinstance(key, str) or key not in table:
-        raise ValueError(f"unknown {kind} {spec!r}; known: {', '.join(sorted(table))}")
-    return table[key](**kwargs)
-
-
-def get_schedule(spec: "Schedule | str | Mapping[str, Any]", **kwargs: Any) -> Schedule:
-    """A schedule from an instance, a name (``"step"``, ``"cosine"``, ``"exponential"``) and
-    keyword arguments, or a record ``{"name": ..., **config()}`` as found in an optimizer's config.
-    """
-    return _build("schedule", Schedule, _SCHEDULES, spec, kwargs)
-
-
-# --------------------------------------------------------------------------- flat buffers
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get_optimizer"]
 
 
 @dataclass
@@ -222,7 +65,7 @@ class Optimizer:
     _counts_steps: ClassVar[bool] = False
 
     def __init__(self, lr: "float | Schedule | Mapping[str, Any]", weight_decay: float = 0.0) -> None:
-        self.weight_decay = _number(type(self).__name__, "weight_decay", weight_decay, _NON_NEGATIVE)
+        self.weight_decay = number(type(self).__name__, "weight_decay", weight_decay, NON_NEGATIVE)
         self._epoch = 0
         self.lr = lr
         self.state: dict[str, dict[str, Any]] = {}
@@ -244,7 +87,7 @@ class Optimizer:
             self._lr = self.schedule(self._epoch)
         elif isinstance(value, numbers.Real) or not callable(value):
             self.schedule = None
-            self._lr = _number(type(self).__name__, "lr", value, _NON_NEGATIVE)
+            self._lr = number(type(self).__name__, "lr", value, NON_NEGATIVE)
         else:
             raise ValueError(f"{type(self).__name__}: lr must be a number or a Schedule (StepDecay, CosineDecay, "
                              f"ExponentialDecay), got {value!r}")
@@ -255,7 +98,7 @@ class Optimizer:
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` (0-based): re-evaluates the schedule, if any."""
-        self._epoch = _integer(type(self).__name__, "epoch", epoch, 0)
+        self._epoch = integer(type(self).__name__, "epoch", epoch, 0)
         if self.schedule is not None:
             self._lr = self.schedule(self._epoch)
 
@@ -456,7 +299,7 @@ class SGD(Optimizer):
 
     def __init__(self, lr: "float | Schedule | Mapping[str, Any]" = 0.01, momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0) -> None:
-        self.momentum = _number("SGD", "momentum", momentum, _UNIT)
+        self.momentum = number("SGD", "momentum", momentum, UNIT)
         if not isinstance(nesterov, bool):
             raise ValueError(f"SGD: nesterov must be True or False, got {nesterov!r}")
         if nesterov and self.momentum == 0.0:
@@ -504,8 +347,8 @@ class Adam(Optimizer):
         owner = type(self).__name__
         if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
             raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = (_number(owner, "betas[0]", betas[0], _UNIT), _number(owner, "betas[1]", betas[1], _UNIT))
-        self.eps = _number(owner, "eps", eps, _NON_NEGATIVE)
+        self.betas = (number(owner, "betas[0]", betas[0], UNIT), number(owner, "betas[1]", betas[1], UNIT))
+        self.eps = number(owner, "eps", eps, NON_NEGATIVE)
         super().__init__(lr, weight_decay)
 
     def _state_arrays(self) -> tuple[str, ...]:
@@ -561,9 +404,9 @@ class RMSprop(Optimizer):
 
     def __init__(self, lr: "float | Schedule | Mapping[str, Any]" = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  momentum: float = 0.0, weight_decay: float = 0.0) -> None:
-        self.alpha = _number("RMSprop", "alpha", alpha, _UNIT)
-        self.eps = _number("RMSprop", "eps", eps, _NON_NEGATIVE)
-        self.momentum = _number("RMSprop", "momentum", momentum, _UNIT)
+        self.alpha = number("RMSprop", "alpha", alpha, UNIT)
+        self.eps = number("RMSprop", "eps", eps, NON_NEGATIVE)
+        self.momentum = number("RMSprop", "momentum", momentum, UNIT)
         super().__init__(lr, weight_decay)
 
     def _state_arrays(self) -> tuple[str, ...]:
@@ -613,4 +456,4 @@ def get_optimizer(spec: "Optimizer | str | Mapping[str, Any]", **kwargs: Any) ->
     ``"adamw"``, ``"rmsprop"``, any case) with constructor arguments, or a record
     ``{"name": opt.name, **opt.config()}``.
     """
-    return _build("optimizer", Optimizer, _OPTIMIZERS, spec, kwargs)
+    return from_spec("optimizer", Optimizer, _OPTIMIZERS, spec, kwargs)

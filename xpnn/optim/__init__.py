@@ -1,0 +1,25 @@
+"""Optimizers (SGD with momentum/Nesterov, Adam, AdamW, RMSprop) and per-epoch learning-rate schedules.
+
+``optimizer.step(params)`` updates each ``Parameter.value`` in place on its own device from its
+``grad``, with the PyTorch formulations, so results can be compared with ``torch.optim``. The
+update is written once against the array API (the namespace comes from the parameter), keeps
+hyperparameters as Python floats so float32 parameters stay float32, and never touches the host.
+Per-parameter state (momentum buffers, Adam moments) is created as zeros on the parameter's device
+and keyed by the parameter's name, which must therefore be unique. The update runs on flat buffers
+of all the parameters at once (see :meth:`Optimizer.step`): a dozen operations per step, not a
+dozen per parameter, which is what a GPU's kernel-launch cost asks for.
+
+A learning rate is a float or a :class:`Schedule` evaluated per epoch: the training loop calls
+``optimizer.set_epoch(epoch)`` at the start of every epoch and ``optimizer.lr`` follows.
+
+Modules: :mod:`.optimizers` (the flat-buffer :class:`Optimizer` base and its subclasses),
+:mod:`.schedules` (learning rate per epoch) and :mod:`.arguments` (the hyperparameter checks and
+the name-or-record factory both use).
+"""
+from .optimizers import SGD, Adam, AdamW, Optimizer, RMSprop, get_optimizer
+from .schedules import CosineDecay, ExponentialDecay, Schedule, StepDecay, get_schedule
+
+__all__ = [
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get_optimizer",
+    "Schedule", "StepDecay", "CosineDecay", "ExponentialDecay", "get_schedule",
+]

@@ -46,15 +46,16 @@ DELEGATIONS = {
 }
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
-def find_modules() -> dict[str, Path]:
-    return {module_name(path): path for path in sorted(ROOT.rglob("*.py"))}
+def find_modules(root: Path = ROOT) -> dict[str, Path]:
+    """Module name -> file, for every ``.py`` file of the package at ``root``."""
+    return {module_name(path, root): path for path in sorted(root.rglob("*.py"))}
 
 
 def _resolve(importer: str, is_package: bool, level: int, target: str | None) -> str:
@@ -151,8 +152,9 @@ def cycles(nodes: set[str], graph: set[tuple[str, str]]) -> list[list[str]]:
     return sorted(found)
 
 
-def report(show_edges: bool = False) -> int:
-    modules = find_modules()
+def report(show_edges: bool = False, root: Path = ROOT) -> int:
+    """Print the summary (and every edge if asked); 1 if there is a cycle, an up-arrow or an unplaced module."""
+    modules = find_modules(root)
     found = edges(modules)
     unplaced = sorted(m for m in modules if layer_of(m) < 0)
     import_time = {(a, b) for a, b, late in found if not late}

@@ -28,10 +28,12 @@ class Callback:
 
 
 def better(mode: str, value: float, best: float, min_delta: float) -> bool:
+    """Whether ``value`` improves on ``best`` by more than ``min_delta`` ("min": lower is better)."""
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
 def mode_for(monitor: str, mode: str) -> str:
+    """"min" or "max" for ``monitor``; "auto" means "max" for accuracies and "min" for the rest."""
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode != "auto":

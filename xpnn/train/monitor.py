@@ -14,7 +14,7 @@ from ..losses import Loss
 
 
 DIVERGED_ADVICE = ("Lower the learning rate, check the inputs are scaled, or use a loss with from_logits=True. "
-                    "Checkpoints already written are intact.")
+                   "Checkpoints already written are intact.")
 
 
 def check_finite_state(model: Any, params: Sequence[Any], epoch: int) -> None:

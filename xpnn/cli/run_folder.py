@@ -1,6 +1,6 @@
 """The run folder ``xpnn train`` writes: which folder (a new runs/<time>, --out or --resume),
 the checkpoint after every epoch, the history files and plots, and run.json, the record of
-the run, written at its start and finished at its end."""
+the run (command, device, settings, data), written when it ends however it ends."""
 from __future__ import annotations
 
 import argparse

@@ -270,7 +270,7 @@ def test_run_outputs_are_written_atomically(tmp_path, monkeypatch, capsys):
         return real(path, mode)
 
     monkeypatch.setattr(files, "atomic_write", spy)
-    for module in ("xpnn.io", "xpnn.train.history", "xpnn.cli", "xpnn.metrics"):
+    for module in ("xpnn.io", "xpnn.train.history", "xpnn.cli.reporting", "xpnn.metrics"):
         import importlib
         mod = importlib.import_module(module)
         if hasattr(mod, "atomic_write"):

@@ -1,0 +1,59 @@
+"""``xpnn devices``: the array libraries' versions, the GPUs CuPy finds (each one checked with a
+kernel and a matmul), and what ``--device auto`` picks."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from typing import Any
+
+from .. import backend
+from ..files import json_text
+from .environment import _versions
+
+
+def _gpus() -> list[dict[str, Any]]:
+    if importlib.util.find_spec("cupy") is None:
+        return []
+    try:
+        import cupy
+        found = []
+        for i in range(int(cupy.cuda.runtime.getDeviceCount())):
+            props = cupy.cuda.runtime.getDeviceProperties(i)
+            with cupy.cuda.Device(i):
+                free, total = cupy.cuda.runtime.memGetInfo()
+            name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+            try:  # the availability check: an element-wise kernel and a matmul
+                backend.resolve(f"gpu:{i}")
+                usable = "ok"
+            except backend.DeviceError as exc:
+                usable = str(exc)
+            found.append({"device": f"gpu:{i}", "name": name, "memory_total_gib": round(total / 2**30, 1),
+                          "memory_free_gib": round(free / 2**30, 1), "usable": usable})
+        return found
+    except Exception:
+        return []
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    versions = _versions()
+    gpus = _gpus()
+    reason = ""
+    try:
+        backend.resolve("gpu:0")
+        auto = "gpu:0"
+    except backend.DeviceError as exc:
+        auto, reason = "cpu", str(exc).split(". ")[0]
+    if args.json:
+        print(json_text({"versions": versions, "devices": backend.devices(), "gpus": gpus, "auto": auto,
+                          "auto_reason": reason}, indent=1))
+        return 0
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if "cupy" not in versions:
+        print(f"CuPy: not installed (for NVIDIA GPUs: {backend.GPU_INSTALL_HINT})")
+    print("devices:")
+    print("  cpu     NumPy")
+    for gpu in gpus:
+        print(f"  {gpu['device']:<7} {gpu['name']}, {gpu['memory_total_gib']} GiB ({gpu['memory_free_gib']} GiB free): "
+              f"{'kernel and matmul ran' if gpu['usable'] == 'ok' else 'UNUSABLE: ' + gpu['usable']}")
+    print(f"--device auto picks: {auto}" + (f" ({reason})" if reason else ""))
+    return 0

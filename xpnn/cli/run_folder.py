@@ -1,0 +1,116 @@
+"""The run folder ``xpnn train`` writes: which folder (a new runs/<time>, --out or --resume),
+the checkpoint after every epoch, the history files and plots, and run.json, the record of
+the run (command, device, settings, data), written when it ends however it ends."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .. import backend
+from ..files import write_json
+from ..io import save
+from ..train import Callback, History
+from .errors import CLIError
+from .reporting import _report
+
+
+MODEL_FILE, CHECKPOINT_FILE = "model.npz", "checkpoint.npz"
+
+
+def _new_out_dir() -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out, n = Path("runs") / stamp, 1
+    while out.exists():
+        n += 1
+        out = Path("runs") / f"{stamp}-{n}"
+    return out
+
+
+def _output_folder(args: argparse.Namespace) -> Path:
+    """The run folder: the one resumed (which must hold a checkpoint), --out, or a new runs/<time>."""
+    if args.resume:
+        resume = Path(args.resume)
+        if args.out and Path(args.out).resolve() != resume.resolve():
+            raise CLIError("--out and --resume name different folders; a resumed run writes into the folder it resumes")
+        if not (resume / CHECKPOINT_FILE).is_file():
+            raise CLIError(f"--resume {resume}: there is no {CHECKPOINT_FILE} in that folder; pass the output folder "
+                           f"of an earlier `xpnn train` run")
+        return resume
+    out = Path(args.out) if args.out else _new_out_dir()
+    if (out / CHECKPOINT_FILE).exists():
+        raise CLIError(f"--out {out} already holds a run; continue it with `xpnn train --resume {out}`, or choose "
+                       f"another --out")
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; pass a new or empty folder")
+    held = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    if held:
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise CLIError(f"--out {out} is not empty and holds no xpnn run (it has {shown}); a run never writes over "
+                       f"files it did not make: pass a new or empty folder")
+    return out
+
+
+class _Checkpoint(Callback):
+    """After every epoch: model, optimizer state, host RNG state, epoch and history, atomically."""
+
+    def __init__(self, path: Path, optimizer: Any, metadata: dict[str, Any], out: Path) -> None:
+        self.path, self.optimizer, self.metadata, self.out = path, optimizer, metadata, out
+        self.saved_epoch = int(metadata.get("epoch", 0))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        save(self.model, self.path, optimizer=self.optimizer,
+             metadata={**self.metadata, "epoch": epoch + 1, "history": self.model.history.to_dict(),
+                       "rng_state": backend.rng_state()})
+        self.saved_epoch = epoch + 1
+        _write_history(self.model.history, self.out)
+
+
+def _write_history(history: History, out: Path) -> None:
+    history.to_csv(str(out / "history.csv"))
+    history.to_json(str(out / "history.json"))
+
+
+def _plot_history(history: History, out: Path) -> None:
+    if not len(history):
+        return
+    _report("loss.png", lambda: history.plot(str(out / "loss.png"), "loss", title="loss (cross-entropy)"))
+    if "accuracy" in history.history:
+        _report("accuracy.png", lambda: history.plot(str(out / "accuracy.png"), "accuracy", title="accuracy"))
+
+
+def _run_record(out: Path, args: argparse.Namespace, settings: dict[str, Any], metadata: dict[str, Any],
+                device: backend.Device, started: float) -> dict[str, Any]:
+    path = out / "run.json"
+    previous: Any = {}
+    if args.resume and path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except (ValueError, RecursionError) as exc:
+            raise CLIError(f"{path} is not valid JSON ({type(exc).__name__}: {str(exc)[:120]}); move it aside "
+                           f"to resume (a new one is written)") from exc
+        if not isinstance(previous, dict) or not isinstance(previous.get("commands", []), list):
+            raise CLIError(f"{path} is not a run record (expected an object with a list of commands); move it "
+                           f"aside to resume (a new one is written)")
+    command = shlex.join(["xpnn", *args.argv])
+    return {"command": command, "commands": [*previous.get("commands", []), command], "argv": sys.argv,
+            "cwd": os.getcwd(), "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+            "device": device.name, "versions": metadata["versions"], "settings": settings,
+            "model": {"name": settings["model"], "file": MODEL_FILE, "checkpoint": CHECKPOINT_FILE},
+            "init_from": metadata.get("init_from"),
+            "data": {**metadata["data"], "classes": metadata["classes"], "input": metadata["input"]}}
+
+
+def _finish(out: Path, history: History, run: dict[str, Any], status: str, started: float) -> None:
+    """History and run.json first (the record of the run), then the plots (which may fail alone)."""
+    _write_history(history, out)
+    run.update(status=status, epochs_completed=history.epochs[-1] if len(history) else 0,
+               finished=datetime.now().isoformat(timespec="seconds"), seconds=round(time.time() - started, 2))
+    write_json(out / "run.json", run)
+    _plot_history(history, out)

@@ -1,0 +1,172 @@
+"""``xpnn train``: build a model (or resume a run from its checkpoint), fit it with a checkpoint
+after every epoch, then test it and write model.npz; Ctrl-C keeps the weights (exit code 130)
+and a run whose loss or weights become NaN/inf ends with exit code 1."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__, backend, metrics, zoo
+from ..errors import TrainingDivergedError
+from ..io import load_checkpoint, load_weights, save
+from ..train import History
+from .dataset import SCALE, Dataset, _training_data, _transform
+from .environment import _select_device, _versions
+from .errors import CLIError, _one_line
+from .model_file import _check_fits, _check_metadata, _require_model_file
+from .reporting import _scores, _write_confusion
+from .run_folder import CHECKPOINT_FILE, MODEL_FILE, _Checkpoint, _finish, _output_folder, _run_record
+from .settings import _settings
+
+
+def _init_from(model: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Start ``model`` from every weight of ``--init-from`` whose path and shape match; with
+    ``--freeze``, freeze each layer that was loaded whole. Prints and returns what it did."""
+    source = settings["init_from"]
+    if source is None:
+        if settings["freeze"]:
+            raise CLIError("--freeze needs --init-from MODEL.npz: it freezes the weights loaded from that file")
+        return None
+    _require_model_file(source)
+    try:
+        report = load_weights(source, model, strict=False)
+    except ValueError as exc:
+        raise CLIError(f"--init-from {source}: {_one_line(exc)}; it shares no layer (same path and shape) with "
+                       f"the {settings['model']!r} model built for this data, so there is nothing to start from") from exc
+    loaded = set(report.loaded)
+    whole = [path for path, layer in model.walk() if not layer.children() and layer.state()
+             and all((f"{path}.{name}" if path else name) in loaded for name in layer.state())]
+    if settings["freeze"]:
+        layers = dict(model.walk())
+        for path in whole:
+            layers[path].trainable = False
+        if not model.parameters(trainable=True):
+            raise CLIError(f"--freeze: every layer of the new model was loaded from {source}, so nothing is left to "
+                           f"train; leave out --freeze to fine-tune all of it")
+    left = [*report.missing, *(f"{name} (saved {saved}, model {mine})" for name, saved, mine in report.mismatched)]
+    print(f"init from {source}: loaded {len(report.loaded)} arrays ({len(whole)} layers: {', '.join(whole)})"
+          f"{'; frozen' if settings['freeze'] else ''}", flush=True)
+    print(f"left as initialised: {', '.join(left) if left else 'nothing'}"
+          f"{f'; not used from the file: {len(report.unexpected)} arrays' if report.unexpected else ''}", flush=True)
+    return {"file": str(Path(source).resolve()), "loaded": report.loaded, "left": left,
+            "unused": report.unexpected, "frozen": whole if settings["freeze"] else []}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    started = time.time()
+    out = _output_folder(args)
+    device, note = _select_device(args.device)
+    if args.resume:
+        model, optimizer, _ = load_checkpoint(out / CHECKPOINT_FILE, device)
+        meta = _check_metadata(out / CHECKPOINT_FILE, model, checkpoint=True)
+        settings = _settings(args, meta.get("settings"))
+        initial_epoch = int(meta["epoch"])
+        if initial_epoch >= settings["epochs"]:
+            raise CLIError(f"the run in {out} has already trained {initial_epoch} epoch(s); pass --epochs N with "
+                           f"N > {initial_epoch} to train further")
+    else:
+        settings, initial_epoch = _settings(args, None), 0
+    backend.seed(settings["seed"])
+    data, (x_train, y_train), validation, (x_test, y_test) = _training_data(settings)
+    if args.resume:
+        _check_fits(model, data, x_train)
+        try:
+            backend.set_rng_state(meta["rng_state"])
+            model.history = History.from_dict(meta["history"])
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CLIError(f"{out / CHECKPOINT_FILE}: the saved random-generator state or history is damaged "
+                           f"({type(exc).__name__}: {exc})") from exc
+    else:
+        from ..optim import get_optimizer
+        model = zoo.build(settings["model"], x_train.shape[1:], len(data.classes))
+        model.loss = zoo.loss_for(model)
+        init = _init_from(model, settings)
+        optimizer = get_optimizer(settings["optimizer"], **({} if settings["lr"] is None else {"lr": settings["lr"]}))
+        settings["lr"] = optimizer.lr
+        out.mkdir(parents=True, exist_ok=True)
+    metadata = {"model": settings["model"], "classes": data.classes, "settings": settings,
+                "input": {"size": list(data.size), "color": data.color, "channels": int(x_train.shape[1]),
+                          "scale": SCALE},
+                "data": {"source": data.source, "train": len(x_train),
+                         "validation": 0 if validation is None else len(validation[0]), "test": len(x_test)},
+                "versions": _versions(), "init_from": meta.get("init_from") if args.resume else init}
+    checkpoint = _Checkpoint(out / CHECKPOINT_FILE, optimizer, {**metadata, "epoch": initial_epoch}, out)
+    if not args.resume:
+        checkpoint.model, model.history = model, History()
+        checkpoint.on_epoch_end(-1, {})
+    run = _run_record(out, args, settings, metadata, device, started)
+    frozen = model.count_params(trainable=False)
+    print(f"xpnn {__version__}: training {settings['model']} ({model.count_params():,} parameters"
+          f"{f', {frozen:,} frozen' if frozen else ''}) on {device.name}"
+          f"{f' ({note})' if note else ''}", flush=True)
+    print(f"data: {data.source}: {len(x_train):,} train / {metadata['data']['validation']:,} validation / "
+          f"{len(x_test):,} test images, {'x'.join(map(str, x_train.shape[1:]))}, {len(data.classes)} classes",
+          flush=True)
+    resuming = f" (resuming after epoch {initial_epoch})" if initial_epoch else ""
+    print(f"{settings['epochs']} epoch{'s' if settings['epochs'] != 1 else ''}{resuming}, "
+          f"batch {settings['batch_size']}, {settings['optimizer']} lr {settings['lr']:g}, seed {settings['seed']}"
+          f"{', augmented' if settings['augment'] else ''}; output in {out}", flush=True)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # fit reports a NaN/inf loss itself
+            model.fit(x_train, y_train, optimizer=optimizer, epochs=settings["epochs"],
+                      batch_size=settings["batch_size"], seed=settings["seed"], validation_data=validation,
+                      callbacks=[checkpoint], verbose=2 if args.quiet else 1, scale=SCALE,
+                      transform=_transform(settings, data), initial_epoch=initial_epoch)
+    except KeyboardInterrupt:
+        done = checkpoint.saved_epoch
+        try:
+            save(model, out / MODEL_FILE, metadata={**metadata, "epoch": done, "interrupted": True})
+            saved = f"saved the current weights to {out / MODEL_FILE}"
+        except ValueError:  # the weights are not finite: nothing is saved from them
+            saved = "the current weights are not finite and were not saved"
+        _finish(out, model.history, run, "interrupted", started)
+        print(f"\nxpnn: interrupted in epoch {done + 1}; {saved}. "
+              f"{out / CHECKPOINT_FILE} holds the {_checkpoint_point(done)}: continue with "
+              f"`xpnn train --resume {out}`", file=sys.stderr, flush=True)
+        return 130
+    except TrainingDivergedError as exc:
+        return _diverged(exc, out, model.history, run, started, checkpoint.saved_epoch)
+    return _report_test(model, data, x_test, y_test, settings, metadata, out, run, started, checkpoint.saved_epoch)
+
+
+def _diverged(exc: Exception, out: Path, history: History, run: dict[str, Any], started: float,
+              saved_epoch: int) -> int:
+    """End a run whose loss or weights became NaN/inf: run.json says "diverged", exit code 1."""
+    _finish(out, history, run, "diverged", started)
+    print(f"xpnn: error: {_one_line(exc)} The last good checkpoint, {out / CHECKPOINT_FILE} "
+          f"({_checkpoint_point(saved_epoch)}), is kept.", file=sys.stderr, flush=True)
+    return 1
+
+
+def _checkpoint_point(epoch: int) -> str:
+    return f"end of epoch {epoch}" if epoch else "initial weights"
+
+
+def _report_test(model: Any, data: Dataset, x_test: np.ndarray, y_test: np.ndarray, settings: dict[str, Any],
+                 metadata: dict[str, Any], out: Path, run: dict[str, Any], started: float, saved_epoch: int) -> int:
+    probs = _scores(model, x_test, max(settings["batch_size"], 256))
+    with np.errstate(invalid="ignore"):
+        loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(y_test)), y_test], 1e-300))))
+    if not (math.isfinite(loss) and np.isfinite(probs).all()):
+        exc = TrainingDivergedError(f"the model's outputs on the test images are NaN/inf (test loss {loss}); "
+                                    f"no {MODEL_FILE} is written from these weights.")
+        return _diverged(exc, out, model.history, run, started, saved_epoch)
+    cm = metrics.confusion_matrix(y_test, probs.argmax(axis=1), len(data.classes))
+    accuracy = metrics.accuracy(cm)
+    test = {"accuracy": accuracy, "loss": loss, "images": len(y_test)}
+    save(model, out / MODEL_FILE, metadata={**metadata, "epoch": model.history.epochs[-1], "test": test})
+    run["test"] = test
+    _finish(out, model.history, run, "completed", started)
+    _write_confusion(cm, data.classes, out, f"test confusion matrix ({len(y_test)} images)")
+    print(metrics.classification_report(cm, data.classes))
+    print(f"wrote {out}: {MODEL_FILE}, {CHECKPOINT_FILE}, history.csv/json, loss.png, accuracy.png, "
+          f"confusion_matrix.png/txt, run.json")
+    print(f"test accuracy: {accuracy:.4f} ({len(y_test)} images)  test loss: {loss:.4f}  "
+          f"time: {time.time() - started:.1f} s", flush=True)
+    return 0

@@ -354,7 +354,7 @@ def test_devices_shows_a_gpu_that_fails_the_availability_check(monkeypatch, caps
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "cupy" else None)
     monkeypatch.setattr(backend, "_import_cupy", lambda spec: failing)
     monkeypatch.setattr(backend, "_working_gpus", set())
-    monkeypatch.setattr(cli.devices, "_versions", lambda: {"xpnn": "test"})
+    monkeypatch.setattr(cli.devices, "library_versions", lambda: {"xpnn": "test"})
     assert cli.cmd_devices(types.SimpleNamespace(json=False)) == 0
     out = capsys.readouterr().out
     assert "gpu:0   Test GPU, 80.0 GiB (70.0 GiB free): UNUSABLE: device 'gpu:0': CuPy found gpu:0 but cannot " \

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from .. import __version__, backend, zoo
 from .dataset import DEFAULT_IMAGE_SIZE, NAMED_DATA, SAMPLE
 from .devices import cmd_devices
-from .errors import CLIError, _one_line
+from .errors import CLIError, one_line
 from .evaluate import cmd_evaluate
 from .export import cmd_export
 from .info import cmd_info
@@ -150,5 +150,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ValueError, OSError, backend.DeviceError) as exc:
         if args.debug:
             raise
-        print(f"xpnn: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"xpnn: error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ class Dataset:
     source: str
 
 
-def _data_spec(spec: str) -> str:
+def data_spec(spec: str) -> str:
     """A data set name as is; a path made absolute (so a resumed run finds it from anywhere)."""
     if spec in NAMED_DATA:
         return spec
@@ -49,7 +49,7 @@ def _data_spec(spec: str) -> str:
     return str(path.resolve())
 
 
-def _is_idx_folder(path: Path) -> bool:
+def is_idx_folder(path: Path) -> bool:
     folders = [path, *(p for p in path.iterdir() if p.is_dir())]
     return any(f.name.endswith(("-ubyte", "-ubyte.gz")) for folder in folders for f in folder.iterdir())
 
@@ -78,7 +78,7 @@ def load_data(spec: str, image_size: int | None = None, color: str | None = None
     is split 80/20 (stratified, seeded), or with ``split=False`` is all test data. ``classes``
     fixes the class order of an image folder (a trained model's classes).
     """
-    if spec in NAMED_DATA or _is_idx_folder(Path(spec)):
+    if spec in NAMED_DATA or is_idx_folder(Path(spec)):
         _check_idx_options(spec, image_size, color)
         if spec == SAMPLE:
             parts, names = datasets.fashion_mnist_sample(), datasets.FASHION_MNIST_CLASSES
@@ -105,7 +105,7 @@ def load_data(spec: str, image_size: int | None = None, color: str | None = None
     return Dataset(parts[0], parts[1], list(train.classes), color, (size, size), f"image folder {spec}")
 
 
-def _training_data(settings: dict[str, Any]) -> tuple[Dataset, Split, Split | None, Split]:
+def training_data(settings: dict[str, Any]) -> tuple[Dataset, Split, Split | None, Split]:
     """``(data, train, validation or None, test)``: the same arrays for the same settings, every time."""
     data = load_data(settings["data"], settings["image_size"], settings["color"], settings["seed"])
     (x_train, y_train), (x_test, y_test) = data.train, data.test
@@ -119,7 +119,7 @@ def _training_data(settings: dict[str, Any]) -> tuple[Dataset, Split, Split | No
     return data, (x_train[train_idx], y_train[train_idx]), (x_train[val_idx], y_train[val_idx]), (x_test, y_test)
 
 
-def _transform(settings: dict[str, Any], data: Dataset) -> Any:
+def train_transform(settings: dict[str, Any], data: Dataset) -> Any:
     if not settings["augment"]:
         return None
     from ..data.transforms import ColorJitter, Compose, RandomCrop, RandomHorizontalFlip

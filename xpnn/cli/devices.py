@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import backend
 from ..files import json_text
-from .environment import _versions
+from .environment import library_versions
 
 
 def _gpus() -> list[dict[str, Any]]:
@@ -35,7 +35,7 @@ def _gpus() -> list[dict[str, Any]]:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    versions = _versions()
+    versions = library_versions()
     gpus = _gpus()
     reason = ""
     try:

@@ -13,7 +13,7 @@ import numpy as np
 from .. import __version__, backend
 
 
-def _select_device(spec: str | None) -> tuple[backend.Device, str]:
+def select_device(spec: str | None) -> tuple[backend.Device, str]:
     """Activate ``spec`` (default: $XPNN_DEVICE, else "auto"); returns it and why auto chose the CPU."""
     spec = spec or os.environ.get("XPNN_DEVICE") or "auto"
     with warnings.catch_warnings(record=True) as caught:
@@ -25,7 +25,7 @@ def _select_device(spec: str | None) -> tuple[backend.Device, str]:
     return device, note
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     out = {"xpnn": __version__, "numpy": np.__version__, "python": platform.python_version()}
     for name, module in (("array-api-compat", "array_api_compat"), ("cupy", "cupy")):
         if importlib.util.find_spec(module) is not None:

@@ -9,7 +9,7 @@ class CLIError(Exception):
     """A problem the user can fix; main() prints it as one line and exits with 2."""
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     if isinstance(exc, backend.DeviceError):
         text += " On the command line: --device cpu, or --device auto to use a GPU only when there is one."

@@ -7,37 +7,37 @@ from pathlib import Path
 
 from .. import metrics
 from ..files import json_text
-from .dataset import NAMED_DATA, _data_spec, _is_idx_folder, load_data
-from .environment import _select_device
+from .dataset import NAMED_DATA, data_spec, is_idx_folder, load_data
+from .environment import select_device
 from .errors import CLIError
-from .model_file import _check_fits, _classes, _input_spec, _load_model
-from .reporting import _scores, _write_confusion
+from .model_file import check_fits, class_names, input_spec, load_model
+from .reporting import model_scores, write_confusion
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    device, _ = _select_device(args.device)
-    model = _load_model(args.model, device)
+    device, _ = select_device(args.device)
+    model = load_model(args.model, device)
     meta = model.metadata or {}
     trained_on = (meta.get("settings") or {}).get("data")
     if args.data is None and trained_on is None:
         raise CLIError("pass --data: this model file does not say what data it was trained on")
-    spec = _data_spec(args.data) if args.data is not None else trained_on
-    spec_input = _input_spec(model)
-    named = spec in NAMED_DATA or _is_idx_folder(Path(spec))
+    spec = data_spec(args.data) if args.data is not None else trained_on
+    spec_input = input_spec(model)
+    named = spec in NAMED_DATA or is_idx_folder(Path(spec))
     data = load_data(spec, None if named else spec_input["size"][0], None if named else spec_input["color"],
-                     (meta.get("settings") or {}).get("seed", 0), classes=None if named else _classes(model),
+                     (meta.get("settings") or {}).get("seed", 0), classes=None if named else class_names(model),
                      split=spec == trained_on)
     x, y = data.test
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
-    _check_fits(model, data, x)
-    probs = _scores(model, x, args.batch_size)
+    check_fits(model, data, x)
+    probs = model_scores(model, x, args.batch_size)
     cm = metrics.confusion_matrix(y, probs.argmax(axis=1), len(data.classes))
     precision, recall, support = metrics.precision_recall(cm)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        _write_confusion(cm, data.classes, out, f"confusion matrix ({len(y)} images)")
+        write_confusion(cm, data.classes, out, f"confusion matrix ({len(y)} images)")
     if args.json:
         print(json_text({"model": args.model, "data": data.source, "images": len(y), "accuracy": metrics.accuracy(cm),
                           "classes": data.classes, "precision": precision.tolist(), "recall": recall.tolist(),

@@ -7,22 +7,22 @@ from pathlib import Path
 
 from ..io import load
 from .errors import CLIError
-from .model_file import _classes, _input_spec, _require_model_file
+from .model_file import class_names, input_spec, require_model_file
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..onnx_export import export_onnx
-    _require_model_file(args.model)
+    require_model_file(args.model)
     out = Path(args.onnx)
     if out.exists() and not args.force:
         raise CLIError(f"{out} exists; pass --force to replace it")
     model = load(args.model, "cpu")
     try:
-        preprocessing = _input_spec(model)
+        preprocessing = input_spec(model)
     except CLIError:  # not an image model: the file says what it can
         preprocessing = None
     try:
-        export_onnx(model, out, args.opset, classes=_classes(model), preprocessing=preprocessing)
+        export_onnx(model, out, args.opset, classes=class_names(model), preprocessing=preprocessing)
     except ImportError as exc:
         raise CLIError(str(exc)) from exc
     print(f"wrote {out} ({out.stat().st_size:,} bytes, ONNX opset {args.opset})")

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from ..files import json_text
 from ..io import load_checkpoint
-from .model_file import _check_metadata, _require_model_file
+from .model_file import check_metadata, require_model_file
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    _require_model_file(args.model)
+    require_model_file(args.model)
     model, optimizer, _ = load_checkpoint(args.model, "cpu")
-    meta = _check_metadata(args.model, model)
+    meta = check_metadata(args.model, model)
     if args.json:
         print(json_text({"file": args.model, "architecture": model.config(), "parameters": model.count_params(),
                           "input_shape": model.input_shape, "loss": model.loss.describe() if model.loss else None,

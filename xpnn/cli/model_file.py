@@ -12,10 +12,10 @@ from ..files import json_text
 from ..io import load
 from .dataset import SCALE, Dataset
 from .errors import CLIError
-from .settings import _SETTING_CHECKS, _is_int, _is_number
+from .settings import SETTING_CHECKS, is_int, is_number
 
 
-def _check_metadata(path: "str | Path", model: Any, checkpoint: bool = False) -> dict[str, Any]:
+def check_metadata(path: "str | Path", model: Any, checkpoint: bool = False) -> dict[str, Any]:
     """The metadata ``xpnn train`` writes, checked field by field (a file is untrusted input);
     ``checkpoint=True`` also requires what resuming needs. Returns it; raises CLIError naming the file."""
     meta = getattr(model, "metadata", None) or {}
@@ -28,7 +28,7 @@ def _check_metadata(path: "str | Path", model: Any, checkpoint: bool = False) ->
     if "input" in meta:
         spec = meta["input"]
         need(isinstance(spec, dict) and isinstance(spec.get("size"), list) and len(spec["size"]) == 2
-             and all(_is_int(n, 1) for n in spec["size"]) and spec.get("color") in ("rgb", "gray"),
+             and all(is_int(n, 1) for n in spec["size"]) and spec.get("color") in ("rgb", "gray"),
              f"input must give size [height, width] and color 'rgb' or 'gray', got {json_text(spec, None)[:80]}")
         from ..data.images import image_size
         try:
@@ -48,28 +48,28 @@ def _check_metadata(path: "str | Path", model: Any, checkpoint: bool = False) ->
                             ("rng_state", dict, "an object"), ("interrupted", bool, "true or false"),
                             ("model", str, "a string")):
         need(key not in meta or isinstance(meta[key], kind), f"{key} must be {what}")
-    need("epoch" not in meta or _is_int(meta["epoch"]), "epoch must be a non-negative integer")
+    need("epoch" not in meta or is_int(meta["epoch"]), "epoch must be a non-negative integer")
     need("settings" not in meta or "data" in meta, "settings come without the data they were used on")
     if "data" in meta:
         data = meta["data"]
-        need(all(_is_int(data.get(k)) for k in ("train", "validation", "test")) and isinstance(data.get("source"), str),
+        need(all(is_int(data.get(k)) for k in ("train", "validation", "test")) and isinstance(data.get("source"), str),
              "data must give its source and image counts")
     if "test" in meta:
-        need(_is_number(meta["test"].get("accuracy")) and _is_int(meta["test"].get("images")),
+        need(is_number(meta["test"].get("accuracy")) and is_int(meta["test"].get("images")),
              "test must give an accuracy and an image count")
     if checkpoint:
         for key in ("epoch", "rng_state", "settings", "history"):
             need(key in meta, f"{key} is missing, so the run cannot be resumed")
-        for key, (what, ok) in _SETTING_CHECKS.items():
+        for key, (what, ok) in SETTING_CHECKS.items():
             need(key in meta["settings"] and ok(meta["settings"][key]), f"settings.{key} must be {what}")
     elif "settings" in meta:
         settings = meta["settings"]
-        need(all(ok(settings[key]) for key, (_, ok) in _SETTING_CHECKS.items() if key in settings),
+        need(all(ok(settings[key]) for key, (_, ok) in SETTING_CHECKS.items() if key in settings),
              "settings hold values of the wrong type")
     return meta
 
 
-def _input_spec(model: Any) -> dict[str, Any]:
+def input_spec(model: Any) -> dict[str, Any]:
     """How images must be loaded for ``model``: from its metadata, else guessed from its input shape."""
     meta = getattr(model, "metadata", None) or {}
     if "input" in meta:
@@ -81,7 +81,7 @@ def _input_spec(model: Any) -> dict[str, Any]:
     return {"size": [h, w], "color": "gray" if c == 1 else "rgb", "channels": c, "scale": SCALE}
 
 
-def _classes(model: Any) -> list[str]:
+def class_names(model: Any) -> list[str]:
     meta = getattr(model, "metadata", None) or {}
     if "classes" in meta:
         return list(meta["classes"])
@@ -89,7 +89,7 @@ def _classes(model: Any) -> list[str]:
     return [str(i) for i in range(2 if outputs == 1 else outputs)]
 
 
-def _require_model_file(path: str) -> None:
+def require_model_file(path: str) -> None:
     if Path(path).exists() and not Path(path).is_file():
         raise CLIError(f"model file {path} is not a regular file (a folder, a FIFO or a device)")
     if not Path(path).is_file():
@@ -97,19 +97,19 @@ def _require_model_file(path: str) -> None:
                        f"wrote into its output folder")
 
 
-def _load_model(path: str, device: Any = None) -> Any:
-    _require_model_file(path)
+def load_model(path: str, device: Any = None) -> Any:
+    require_model_file(path)
     model = load(path, device)
-    _check_metadata(path, model)
+    check_metadata(path, model)
     return model
 
 
-def _check_fits(model: Any, data: Dataset, x: np.ndarray) -> None:
+def check_fits(model: Any, data: Dataset, x: np.ndarray) -> None:
     """The data's images and classes are the ones the model was trained on."""
     if model.input_shape and tuple(model.input_shape) != tuple(x.shape[1:]):
         raise CLIError(f"the model takes images of shape {tuple(model.input_shape)} but {data.source} gives "
                        f"{tuple(x.shape[1:])}: evaluate it on data like the data it was trained on")
-    known = _classes(model)
+    known = class_names(model)
     if list(data.classes) != known:
         raise CLIError(f"the model was trained on the classes {', '.join(known)} but {data.source} has "
                        f"{', '.join(data.classes)}")

@@ -7,24 +7,24 @@ from pathlib import Path
 import numpy as np
 
 from ..files import json_text
-from .environment import _select_device
+from .environment import select_device
 from .errors import CLIError
-from .model_file import _classes, _input_spec, _load_model
-from .reporting import _scores
+from .model_file import class_names, input_spec, load_model
+from .reporting import model_scores
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..data.images import load_image
-    device, _ = _select_device(args.device)
-    model = _load_model(args.model, device)
-    spec, classes = _input_spec(model), _classes(model)
+    device, _ = select_device(args.device)
+    model = load_model(args.model, device)
+    spec, classes = input_spec(model), class_names(model)
     for image in args.images:
         if not Path(image).exists():
             raise CLIError(f"image {image} does not exist")
         if not Path(image).is_file():
             raise CLIError(f"image {image} is not a regular file (a folder, a FIFO or a device)")
     x = np.stack([load_image(image, size=tuple(spec["size"]), color=spec["color"]) for image in args.images])
-    probs = _scores(model, x, args.batch_size)
+    probs = model_scores(model, x, args.batch_size)
     k = min(args.top_k, len(classes))
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     results = [{"image": image, "predictions": [{"class": classes[j], "index": int(j), "probability": float(p[j])}

@@ -14,11 +14,11 @@ from ..train import predict
 from .dataset import SCALE
 
 
-def _scores(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+def model_scores(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
     return metrics.probabilities(predict(model, x, batch_size=batch_size, scale=SCALE))
 
 
-def _report(what: str, write: Any) -> None:
+def write_report(what: str, write: Any) -> None:
     """Draw or write one report file; a failure is a warning, never the loss of a finished run."""
     try:
         write()
@@ -26,12 +26,12 @@ def _report(what: str, write: Any) -> None:
         warnings.warn(f"could not write {what}: {type(exc).__name__}: {exc}")
 
 
-def _write_confusion(cm: np.ndarray, classes: Sequence[str], out: Path, title: str) -> None:
+def write_confusion(cm: np.ndarray, classes: Sequence[str], out: Path, title: str) -> None:
     def write_text() -> None:
         text = f"{metrics.format_confusion_matrix(cm, classes)}\n\n{metrics.classification_report(cm, classes)}\n"
         with atomic_write(out / "confusion_matrix.txt", "w") as f:
             f.write(text)
 
-    _report("confusion_matrix.txt", write_text)
-    _report("confusion_matrix.png",
+    write_report("confusion_matrix.txt", write_text)
+    write_report("confusion_matrix.png",
             lambda: metrics.plot_confusion_matrix(cm, str(out / "confusion_matrix.png"), classes, title=title))

@@ -18,8 +18,7 @@ from ..files import write_json
 from ..io import save
 from ..train import Callback, History
 from .errors import CLIError
-from .reporting import _report
-
+from .reporting import write_report
 
 MODEL_FILE, CHECKPOINT_FILE = "model.npz", "checkpoint.npz"
 
@@ -33,7 +32,7 @@ def _new_out_dir() -> Path:
     return out
 
 
-def _output_folder(args: argparse.Namespace) -> Path:
+def output_folder(args: argparse.Namespace) -> Path:
     """The run folder: the one resumed (which must hold a checkpoint), --out, or a new runs/<time>."""
     if args.resume:
         resume = Path(args.resume)
@@ -57,7 +56,7 @@ def _output_folder(args: argparse.Namespace) -> Path:
     return out
 
 
-class _Checkpoint(Callback):
+class RunCheckpoint(Callback):
     """After every epoch: model, optimizer state, host RNG state, epoch and history, atomically."""
 
     def __init__(self, path: Path, optimizer: Any, metadata: dict[str, Any], out: Path) -> None:
@@ -80,12 +79,12 @@ def _write_history(history: History, out: Path) -> None:
 def _plot_history(history: History, out: Path) -> None:
     if not len(history):
         return
-    _report("loss.png", lambda: history.plot(str(out / "loss.png"), "loss", title="loss (cross-entropy)"))
+    write_report("loss.png", lambda: history.plot(str(out / "loss.png"), "loss", title="loss (cross-entropy)"))
     if "accuracy" in history.history:
-        _report("accuracy.png", lambda: history.plot(str(out / "accuracy.png"), "accuracy", title="accuracy"))
+        write_report("accuracy.png", lambda: history.plot(str(out / "accuracy.png"), "accuracy", title="accuracy"))
 
 
-def _run_record(out: Path, args: argparse.Namespace, settings: dict[str, Any], metadata: dict[str, Any],
+def run_record(out: Path, args: argparse.Namespace, settings: dict[str, Any], metadata: dict[str, Any],
                 device: backend.Device, started: float) -> dict[str, Any]:
     path = out / "run.json"
     previous: Any = {}
@@ -107,7 +106,7 @@ def _run_record(out: Path, args: argparse.Namespace, settings: dict[str, Any], m
             "data": {**metadata["data"], "classes": metadata["classes"], "input": metadata["input"]}}
 
 
-def _finish(out: Path, history: History, run: dict[str, Any], status: str, started: float) -> None:
+def finish_run(out: Path, history: History, run: dict[str, Any], status: str, started: float) -> None:
     """History and run.json first (the record of the run), then the plots (which may fail alone)."""
     _write_history(history, out)
     run.update(status=status, epochs_completed=history.epochs[-1] if len(history) else 0,

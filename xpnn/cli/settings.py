@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from .. import zoo
-from .dataset import SAMPLE, _data_spec
+from .dataset import SAMPLE, data_spec
 from .errors import CLIError
 
 
@@ -17,36 +17,36 @@ DEFAULTS: dict[str, Any] = {"data": SAMPLE, "model": "cnn", "image_size": None, 
                             "val_split": 0.1, "limit": None, "init_from": None, "freeze": False}
 
 
-def _is_int(value: Any, low: int = 0) -> bool:
+def is_int(value: Any, low: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 #: what each training setting must be when read back from a checkpoint
-_SETTING_CHECKS: dict[str, tuple[str, Any]] = {
+SETTING_CHECKS: dict[str, tuple[str, Any]] = {
     "data": ("a data set name or folder", lambda v: isinstance(v, str) and v != ""),
     "model": (f"one of {', '.join(zoo.MODELS)}", lambda v: v in zoo.MODELS),
-    "image_size": ("null or a positive integer", lambda v: v is None or _is_int(v, 1)),
+    "image_size": ("null or a positive integer", lambda v: v is None or is_int(v, 1)),
     "color": ("null, 'rgb' or 'gray'", lambda v: v in (None, "rgb", "gray")),
-    "epochs": ("a positive integer", lambda v: _is_int(v, 1)),
-    "batch_size": ("a positive integer", lambda v: _is_int(v, 1)),
+    "epochs": ("a positive integer", lambda v: is_int(v, 1)),
+    "batch_size": ("a positive integer", lambda v: is_int(v, 1)),
     "optimizer": ("an optimizer name", lambda v: v in ("sgd", "momentum", "adam", "adamw", "rmsprop")),
-    "lr": ("null or a positive number", lambda v: v is None or (_is_number(v) and 0 < v < math.inf)),
-    "seed": ("an integer", lambda v: _is_int(v, -2**63)),
+    "lr": ("null or a positive number", lambda v: v is None or (is_number(v) and 0 < v < math.inf)),
+    "seed": ("an integer", lambda v: is_int(v, -2**63)),
     "augment": ("true or false", lambda v: isinstance(v, bool)),
-    "val_split": ("a fraction in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1),
-    "limit": ("null or a positive integer", lambda v: v is None or _is_int(v, 1)),
+    "val_split": ("a fraction in [0, 1)", lambda v: is_number(v) and 0 <= v < 1),
+    "limit": ("null or a positive integer", lambda v: v is None or is_int(v, 1)),
 }
 
 
-def _settings(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
+def resolve_settings(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
     """The run's settings: the checkpoint's when resuming (only --epochs may change), else args + defaults."""
     given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
     if "data" in given:
-        given["data"] = _data_spec(given["data"])
+        given["data"] = data_spec(given["data"])
     if saved is None:
         return {**DEFAULTS, **given}
     for key, value in given.items():

@@ -16,13 +16,13 @@ from .. import __version__, backend, metrics, zoo
 from ..errors import TrainingDivergedError
 from ..io import load_checkpoint, load_weights, save
 from ..train import History
-from .dataset import SCALE, Dataset, _training_data, _transform
-from .environment import _select_device, _versions
-from .errors import CLIError, _one_line
-from .model_file import _check_fits, _check_metadata, _require_model_file
-from .reporting import _scores, _write_confusion
-from .run_folder import CHECKPOINT_FILE, MODEL_FILE, _Checkpoint, _finish, _output_folder, _run_record
-from .settings import _settings
+from .dataset import SCALE, Dataset, train_transform, training_data
+from .environment import library_versions, select_device
+from .errors import CLIError, one_line
+from .model_file import check_fits, check_metadata, require_model_file
+from .reporting import model_scores, write_confusion
+from .run_folder import CHECKPOINT_FILE, MODEL_FILE, RunCheckpoint, finish_run, output_folder, run_record
+from .settings import resolve_settings
 
 
 def _init_from(model: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -33,11 +33,11 @@ def _init_from(model: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
         if settings["freeze"]:
             raise CLIError("--freeze needs --init-from MODEL.npz: it freezes the weights loaded from that file")
         return None
-    _require_model_file(source)
+    require_model_file(source)
     try:
         report = load_weights(source, model, strict=False)
     except ValueError as exc:
-        raise CLIError(f"--init-from {source}: {_one_line(exc)}; it shares no layer (same path and shape) with "
+        raise CLIError(f"--init-from {source}: {one_line(exc)}; it shares no layer (same path and shape) with "
                        f"the {settings['model']!r} model built for this data, so there is nothing to start from") from exc
     loaded = set(report.loaded)
     whole = [path for path, layer in model.walk() if not layer.children() and layer.state()
@@ -60,22 +60,22 @@ def _init_from(model: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     started = time.time()
-    out = _output_folder(args)
-    device, note = _select_device(args.device)
+    out = output_folder(args)
+    device, note = select_device(args.device)
     if args.resume:
         model, optimizer, _ = load_checkpoint(out / CHECKPOINT_FILE, device)
-        meta = _check_metadata(out / CHECKPOINT_FILE, model, checkpoint=True)
-        settings = _settings(args, meta.get("settings"))
+        meta = check_metadata(out / CHECKPOINT_FILE, model, checkpoint=True)
+        settings = resolve_settings(args, meta.get("settings"))
         initial_epoch = int(meta["epoch"])
         if initial_epoch >= settings["epochs"]:
             raise CLIError(f"the run in {out} has already trained {initial_epoch} epoch(s); pass --epochs N with "
                            f"N > {initial_epoch} to train further")
     else:
-        settings, initial_epoch = _settings(args, None), 0
+        settings, initial_epoch = resolve_settings(args, None), 0
     backend.seed(settings["seed"])
-    data, (x_train, y_train), validation, (x_test, y_test) = _training_data(settings)
+    data, (x_train, y_train), validation, (x_test, y_test) = training_data(settings)
     if args.resume:
-        _check_fits(model, data, x_train)
+        check_fits(model, data, x_train)
         try:
             backend.set_rng_state(meta["rng_state"])
             model.history = History.from_dict(meta["history"])
@@ -95,12 +95,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                           "scale": SCALE},
                 "data": {"source": data.source, "train": len(x_train),
                          "validation": 0 if validation is None else len(validation[0]), "test": len(x_test)},
-                "versions": _versions(), "init_from": meta.get("init_from") if args.resume else init}
-    checkpoint = _Checkpoint(out / CHECKPOINT_FILE, optimizer, {**metadata, "epoch": initial_epoch}, out)
+                "versions": library_versions(), "init_from": meta.get("init_from") if args.resume else init}
+    checkpoint = RunCheckpoint(out / CHECKPOINT_FILE, optimizer, {**metadata, "epoch": initial_epoch}, out)
     if not args.resume:
         checkpoint.model, model.history = model, History()
         checkpoint.on_epoch_end(-1, {})
-    run = _run_record(out, args, settings, metadata, device, started)
+    run = run_record(out, args, settings, metadata, device, started)
     frozen = model.count_params(trainable=False)
     print(f"xpnn {__version__}: training {settings['model']} ({model.count_params():,} parameters"
           f"{f', {frozen:,} frozen' if frozen else ''}) on {device.name}"
@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             model.fit(x_train, y_train, optimizer=optimizer, epochs=settings["epochs"],
                       batch_size=settings["batch_size"], seed=settings["seed"], validation_data=validation,
                       callbacks=[checkpoint], verbose=2 if args.quiet else 1, scale=SCALE,
-                      transform=_transform(settings, data), initial_epoch=initial_epoch)
+                      transform=train_transform(settings, data), initial_epoch=initial_epoch)
     except KeyboardInterrupt:
         done = checkpoint.saved_epoch
         try:
@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             saved = f"saved the current weights to {out / MODEL_FILE}"
         except ValueError:  # the weights are not finite: nothing is saved from them
             saved = "the current weights are not finite and were not saved"
-        _finish(out, model.history, run, "interrupted", started)
+        finish_run(out, model.history, run, "interrupted", started)
         print(f"\nxpnn: interrupted in epoch {done + 1}; {saved}. "
               f"{out / CHECKPOINT_FILE} holds the {_checkpoint_point(done)}: continue with "
               f"`xpnn train --resume {out}`", file=sys.stderr, flush=True)
@@ -138,8 +138,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _diverged(exc: Exception, out: Path, history: History, run: dict[str, Any], started: float,
               saved_epoch: int) -> int:
     """End a run whose loss or weights became NaN/inf: run.json says "diverged", exit code 1."""
-    _finish(out, history, run, "diverged", started)
-    print(f"xpnn: error: {_one_line(exc)} The last good checkpoint, {out / CHECKPOINT_FILE} "
+    finish_run(out, history, run, "diverged", started)
+    print(f"xpnn: error: {one_line(exc)} The last good checkpoint, {out / CHECKPOINT_FILE} "
           f"({_checkpoint_point(saved_epoch)}), is kept.", file=sys.stderr, flush=True)
     return 1
 
@@ -150,7 +150,7 @@ def _checkpoint_point(epoch: int) -> str:
 
 def _report_test(model: Any, data: Dataset, x_test: np.ndarray, y_test: np.ndarray, settings: dict[str, Any],
                  metadata: dict[str, Any], out: Path, run: dict[str, Any], started: float, saved_epoch: int) -> int:
-    probs = _scores(model, x_test, max(settings["batch_size"], 256))
+    probs = model_scores(model, x_test, max(settings["batch_size"], 256))
     with np.errstate(invalid="ignore"):
         loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(y_test)), y_test], 1e-300))))
     if not (math.isfinite(loss) and np.isfinite(probs).all()):
@@ -162,8 +162,8 @@ def _report_test(model: Any, data: Dataset, x_test: np.ndarray, y_test: np.ndarr
     test = {"accuracy": accuracy, "loss": loss, "images": len(y_test)}
     save(model, out / MODEL_FILE, metadata={**metadata, "epoch": model.history.epochs[-1], "test": test})
     run["test"] = test
-    _finish(out, model.history, run, "completed", started)
-    _write_confusion(cm, data.classes, out, f"test confusion matrix ({len(y_test)} images)")
+    finish_run(out, model.history, run, "completed", started)
+    write_confusion(cm, data.classes, out, f"test confusion matrix ({len(y_test)} images)")
     print(metrics.classification_report(cm, data.classes))
     print(f"wrote {out}: {MODEL_FILE}, {CHECKPOINT_FILE}, history.csv/json, loss.png, accuracy.png, "
           f"confusion_matrix.png/txt, run.json")

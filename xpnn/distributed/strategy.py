@@ -223,7 +223,8 @@ class DataParallel:
         return buckets
 
     def sync_due(self) -> bool:
-        """Whether to read metrics now: the same answer on every rank, about every ``sync_seconds`` (see :meth:`prepare`).
+        """Whether to read metrics now: the same answer on every rank, about every ``sync_seconds``
+        (see :meth:`prepare`).
 
         Rank 0 turns its measured time per batch into a batch interval, shared at each sync.
         """

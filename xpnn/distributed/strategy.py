@@ -264,12 +264,13 @@ class DataParallel:
             offset += part.size
             setattr(layer, name, backend.to_device(averaged, backend.device_of(value), dtype=value.dtype))
 
-    def evaluate(self, evaluate: Callable[..., dict[str, float]], model: Any, x: Any, y: Any,
+    def evaluate(self, model: Any, x: Any, y: Any, *, run: Callable[..., dict[str, float]],
                  **kwargs: Any) -> dict[str, float]:
-        """``evaluate(model, x, y, **kwargs)`` (``fit`` passes :func:`xpnn.train.evaluate`) on this
-        rank's slice of ``(x, y)``, combined over ranks, weighted by the slices' sizes."""
+        """``run(model, x, y, **kwargs)`` on this rank's slice of ``(x, y)``, combined over ranks,
+        weighted by the slices' sizes. ``fit`` passes ``run=``:func:`xpnn.train.evaluate`: the
+        strategy sits below training and does not import it."""
         lo, hi = shard_bounds(int(x.shape[0]), self.rank, self.size)
-        mine = evaluate(model, x[lo:hi], y[lo:hi], **kwargs) if hi > lo else {}
+        mine = run(model, x[lo:hi], y[lo:hi], **kwargs) if hi > lo else {}
         gathered = [(n, logs) for n, logs in self.mpi.allgather((hi - lo, mine)) if n]
         total = sum(n for n, _ in gathered)
         return {key: sum(n * logs[key] for n, logs in gathered) / total for key in gathered[0][1]}

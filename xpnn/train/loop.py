@@ -144,7 +144,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
             strategy.end_epoch(model)
         check_finite_state(model, params, epoch)
         if val is not None:
-            run = evaluate if strategy is None else functools.partial(strategy.evaluate, evaluate)
+            run = evaluate if strategy is None else functools.partial(strategy.evaluate, run=evaluate)
             val_logs = {f"val_{k}": v for k, v in
                         run(model, *val, loss=loss, batch_size=max(batch_size, 256), scale=scale).items()}
             logs.update(val_logs)

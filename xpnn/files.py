@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["atomic_write", "json_text", "write_json", "json_safe"]
+__all__ = ["atomic_write", "json_text", "write_json", "json_safe", "write_png"]
 
 
 def _umask() -> int:
@@ -64,3 +64,14 @@ def write_json(path: "str | os.PathLike[str]", data: Any) -> None:
     """Write ``data`` as strict JSON (plus a newline) to ``path`` atomically."""
     with atomic_write(path, "w") as f:
         f.write(json_text(data) + "\n")
+
+
+def write_png(figure: Any, path: "str | os.PathLike[str]") -> None:
+    """Save a Matplotlib figure to ``path`` as a PNG, atomically, then close it (also if saving fails)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_write(path) as f:
+            figure.savefig(f, format="png")
+    finally:
+        plt.close(figure)

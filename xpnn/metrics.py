@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import backend
-from .files import atomic_write
+from .files import write_png
 
 __all__ = ["probabilities", "confusion_matrix", "accuracy", "precision_recall", "classification_report",
            "format_confusion_matrix", "plot_confusion_matrix"]
@@ -116,8 +116,4 @@ def plot_confusion_matrix(cm: np.ndarray, path: str, classes: Sequence[str] | No
         for i, j, v, s in zip(rows.ravel(), cols.ravel(), cm.ravel(), share.ravel()):
             ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if s > 0.5 else "black")
     fig.tight_layout()
-    try:
-        with atomic_write(path) as f:
-            fig.savefig(f, format="png")
-    finally:
-        plt.close(fig)
+    write_png(fig, path)

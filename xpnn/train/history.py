@@ -5,7 +5,7 @@ import math
 from typing import Any
 
 from .. import distributed
-from ..files import atomic_write, write_json
+from ..files import atomic_write, write_json, write_png
 
 __all__ = ["History"]
 
@@ -85,8 +85,4 @@ class History:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        try:
-            with atomic_write(path) as f:
-                fig.savefig(f, format="png")
-        finally:
-            plt.close(fig)
+        write_png(fig, path)

@@ -35,13 +35,50 @@ def test_gradients(device, rng, case):
     check_layer_gradients(conv, rng.standard_normal((n, c_in, h, w)), device, max_checks=20)
 
 
-def test_input_gradient_computed_image_by_image(device, rng, monkeypatch):
-    """dx is built a few images at a time; with a 1-byte budget every image is its own chunk."""
-    from xpnn.layers import conv as conv_module
+CHUNKED = [  # (in, out, kernel, stride, padding, dilation, (H, W), batch, images per chunk)
+    (2, 3, 3, 2, 1, 1, (6, 5), 3, 1),
+    (2, 3, 3, 1, "same", 2, (7, 6), 5, 2),
+    (3, 2, (2, 3), (1, 2), (1, 0), (2, 1), (6, 7), 7, 3),
+]
 
-    monkeypatch.setattr(conv_module, "DX_CHUNK_BYTES", 1)
-    conv = layers.Conv2D(2, 3, 3, stride=2, padding=1)
-    check_layer_gradients(conv, rng.standard_normal((3, 2, 6, 5)), device, max_checks=20)
+
+@pytest.mark.parametrize("case", CHUNKED, ids=[f"chunk{c[-1]}-of-{c[-2]}" for c in CHUNKED])
+def test_chunked_columns_match_the_whole_batch(device, rng, case):
+    """Under a workspace limit the columns are built a few images at a time, forward and backward
+    (batches that are not a multiple of the chunk, strides, dilations, paddings): same outputs and
+    gradients as the whole batch at once, and the numerical check passes."""
+    from xpnn.layers.workspace import workspace
+
+    *shape, images = case
+    c_in, c_out, k, s, p, d, (h, w), n = shape
+    conv = layers.Conv2D(c_in, c_out, k, stride=s, padding=p, dilation=d).to(device, dtype="float64")
+    x = xpnn.to_device(rng.standard_normal((n, c_in, h, w)), device)
+    rows = c_in * conv.kernel_size[0] * conv.kernel_size[1] + 1
+    out_hw = conv.output_shape(tuple(x.shape))[2:]
+    results = []
+    for limit in (2 ** 30, images * rows * out_hw[0] * out_hw[1] * 8):
+        with workspace(limit):
+            y, backprop = conv(x, train=True)
+            dx = backprop(y)
+        results.append([xpnn.to_numpy(a) for a in (y, dx, conv.weight.grad, conv.bias.grad)])
+        conv.weight.grad = conv.bias.grad = None
+    for whole, chunked in zip(*results):
+        np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12)
+    with workspace(images * rows * out_hw[0] * out_hw[1] * 8):
+        check_layer_gradients(conv, xpnn.to_numpy(x), device, max_checks=20)
+
+
+def test_workspace_limit_is_checked_and_restored():
+    from xpnn.layers import workspace as ws
+
+    before = ws.workspace_limit()
+    for bad in (0, -1, 1.5, True, "1G"):
+        with pytest.raises(ValueError, match="the workspace limit is a positive number of bytes"):
+            ws.set_workspace_limit(bad)
+        assert ws.workspace_limit() == before
+    with ws.workspace(1234):
+        assert ws.workspace_limit() == 1234
+    assert ws.workspace_limit() == before
 
 
 def test_gradients_without_bias(device, rng):

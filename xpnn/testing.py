@@ -1,7 +1,8 @@
-"""Numerical gradient checks for layers and losses, usable for your own layers too.
+"""Checks for layers and losses, usable for your own layers too.
 
-Central differences in float64 on the host compare with the analytic backward pass run on the
-device under test; the check also asserts every gradient comes back on that device.
+Numerical gradient checks: central differences in float64 on the host compare with the analytic
+backward pass run on the device under test; the check also asserts every gradient comes back on
+that device. :func:`retained_bytes`: what a backprop closure keeps alive.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from . import backend
 
-__all__ = ["check_layer_gradients", "check_loss_gradients"]
+__all__ = ["check_layer_gradients", "check_loss_gradients", "retained_bytes"]
 
 
 def _sample_indices(shape: tuple[int, ...], count: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
@@ -103,3 +104,54 @@ def check_loss_gradients(loss: Any, pred: np.ndarray, target: np.ndarray,
 
     numeric = {i: _numeric(objective, pred_host, i, eps) for i in _sample_indices(pred_host.shape, max_checks, rng)}
     _compare(backend.to_numpy(grad), numeric, "dloss/dpred", rtol, atol)
+
+
+def retained_bytes(backprop: Any, model: Any = None) -> int:
+    """Bytes of the NumPy arrays a backprop closure keeps alive for the backward pass.
+
+    Follows closures, bound methods, lists, tuples and dicts; a view counts its whole base (the
+    memory it keeps alive), once. Layers and Parameters are not followed, and the arrays owned by
+    ``model`` (parameters and buffers) are not counted: they are the model's, not the step's.
+    """
+    from .layers.base import Layer, Parameter
+
+    owned = set()
+    if model is not None:
+        owned = {id(_root(value)) for value in model.named_state().values() if isinstance(value, np.ndarray)}
+    seen: set[int] = set()
+    counted: set[int] = set()
+    total = 0
+    stack = [backprop]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (Layer, Parameter, type)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            root = _root(obj)
+            if id(root) not in counted and id(root) not in owned:
+                counted.add(id(root))
+                total += root.nbytes
+        elif callable(obj) and hasattr(obj, "__func__"):
+            stack += [obj.__func__, obj.__self__]
+        elif hasattr(obj, "__closure__"):
+            stack += [cell.cell_contents for cell in obj.__closure__ or () if _filled(cell)]
+        elif isinstance(obj, (list, tuple)):
+            stack += list(obj)
+        elif isinstance(obj, dict):
+            stack += list(obj.values())
+    return total
+
+
+def _root(array: np.ndarray) -> np.ndarray:
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True

@@ -81,12 +81,7 @@ class Sequential(Layer):
             if index >= first:
                 backprops.append(backprop)
 
-        def backprop_all(dy: Any) -> Any:
-            for backprop in reversed(backprops):
-                dy = backprop(dy)
-            return dy if backprops else None
-
-        return x, backprop_all
+        return x, release_as_it_goes(backprops, self)
 
     def first_trainable(self) -> int:
         """The index of the first child holding a trainable parameter (``len(layers)`` if none):
@@ -242,6 +237,27 @@ class Sequential(Layer):
         """Model outputs for ``x``, in eval mode, as a NumPy array; see :func:`xpnn.train.predict`."""
         from ..train.loop import predict
         return predict(self, x, **kwargs)
+
+
+def release_as_it_goes(backprops: list[Backprop], owner: Layer) -> Backprop:
+    """The backward pass of layers run in order: their backprops in reverse, each dropped once it
+    has run, so what a layer kept for backward is freed as soon as its gradient is out (as PyTorch
+    frees a node's saved tensors), not when the whole backward pass ends. It runs once."""
+    pending: list[Backprop] | None = backprops
+
+    def backprop_all(dy: Any) -> Any:
+        nonlocal pending
+        if pending is None:
+            raise RuntimeError(f"{owner.describe()}: this forward pass's backprop already ran, and released what "
+                               f"the forward kept; run the forward pass again for another backward pass")
+        todo, pending = pending, None
+        if not todo:
+            return None
+        while todo:
+            dy = todo.pop()(dy)
+        return dy
+
+    return backprop_all
 
 
 def _as_sequential(part: Any, role: str) -> Sequential:

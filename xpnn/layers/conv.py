@@ -17,20 +17,15 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import array_api_extra as xpx
-from array_api_compat import array_namespace, is_numpy_namespace
+from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from ..errors import ShapeError
 from ..init import initialize
 from .base import Backprop, Layer, Parameter
+from .workspace import batch_chunk
 
 __all__ = ["Conv2D"]
-
-#: On NumPy dx is computed a few images at a time, so each block of column gradients (about this many
-#: bytes) is still in cache when it is added into dx and reuses memory instead of faulting in fresh
-#: pages (2 cores: the Fashion CNN training step 7% faster, its kernel time 10 -> 6 ms). Elsewhere
-#: (a GPU) the whole batch is one block: each block costs 1 + kh*kw kernel launches.
-DX_CHUNK_BYTES = 4 * 2 ** 20
 
 Pair = tuple[int, int]
 
@@ -159,47 +154,71 @@ class Conv2D(Layer):
         out_c, taps = self.out_channels, self.kernel_size[0] * self.kernel_size[1]
         weight, bias = self.weight, self.bias
         rows = taps * c
-        # (O, C, kh, kw) -> (O, kh*kw*C): the row order of cols below is (offset, channel)
+        pixels = out_hw[0] * out_hw[1]
+        # (O, C, kh, kw) -> (O, kh*kw*C): the row order of the columns is (offset, channel)
         w_mat = xp.reshape(xp.permute_dims(weight.value, (0, 2, 3, 1)), (out_c, rows))
         if bias is not None:
             w_mat = xp.concat([w_mat, xp.reshape(bias.value, (out_c, 1))], axis=1)
-
-        padded = pad_hw(xp.permute_dims(x, (1, 0, 2, 3)), self.pads)
+        images = xp.permute_dims(x, (1, 0, 2, 3))
         windows = list(window_slices(self.kernel_size, self.stride, out_hw, self.dilation))
-        # one gather: the strided window of every kernel offset, and a row of ones for the bias
-        parts = [padded[:, :, hs, ws] for hs, ws in windows]
-        if bias is not None:
-            parts.append(xp.broadcast_to(xp.ones((1, 1, 1, 1), dtype=x.dtype, device=device_of(x)), (1, n, *out_hw)))
-        cols = xp.reshape(xp.concat(parts, axis=0), (rows + (bias is not None), n * out_hw[0] * out_hw[1]))
-        y = xp.matmul(w_mat, cols)
+        itemsize = xp.finfo(x.dtype).bits // 8
+        chunk = batch_chunk(n, (rows + 1) * pixels * itemsize, xp)
+        pads = self.pads
+
+        def columns(start: int, stop: int) -> Any:
+            """The im2col matrix of images ``start:stop``: one gather of every kernel offset's strided
+            window, plus a row of ones for the bias; ``(rows [+ 1], images * pixels)``."""
+            padded = pad_hw(images[:, start:stop, :, :], pads)
+            parts = [padded[:, :, hs, ws] for hs, ws in windows]
+            if bias is not None:
+                ones = xp.ones((1, 1, 1, 1), dtype=x.dtype, device=device_of(x))
+                parts.append(xp.broadcast_to(ones, (1, stop - start, *out_hw)))
+            return xp.reshape(xp.concat(parts, axis=0), (rows + (bias is not None), (stop - start) * pixels))
+
+        if chunk >= n:
+            y = xp.matmul(w_mat, columns(0, n))
+        else:
+            y = xp.empty((out_c, n * pixels), dtype=x.dtype, device=device_of(x))
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
+                y[:, start * pixels:stop * pixels] = xp.matmul(w_mat, columns(start, stop))
         y = xp.permute_dims(xp.reshape(y, (out_c, n, *out_hw)), (1, 0, 2, 3))
-        padded_shape = tuple(padded.shape)
 
         def backprop(dy: Any) -> Any:
+            """Rebuilds the columns chunk by chunk (the forward kept only its input) for the weight
+            gradient, and adds the column gradient ``W.T @ dy`` back into dx offset by offset (col2im)."""
             dy_mat = xp.reshape(xp.permute_dims(dy, (1, 0, 2, 3)), (out_c, -1))
-            if weight.trainable:  # a frozen layer skips its weight-gradient matmul
-                # computed transposed, (rows, O) = cols @ dy.T: OpenBLAS runs that orientation 10-15% faster
-                # on the conv shapes benchmarked (Fashion 32->64: 7.0 vs 8.3 ms), and the result is small
-                dw_mat = xp.matrix_transpose(xp.matmul(cols, xp.matrix_transpose(dy_mat)))
+            weight_grad = weight.trainable  # a frozen layer skips its weight-gradient matmuls
+            if not weight_grad and not input_grad:
+                return None
+            if input_grad:
+                w_t = xp.matrix_transpose(w_mat[:, :rows])
+                dx = xp.zeros((c, n, h + sum(pads[0]), w + sum(pads[1])), dtype=dy.dtype, device=device_of(dy))
+            dw_mat = None
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
+                dy_part = dy_mat[:, start * pixels:stop * pixels]
+                if weight_grad:
+                    # computed transposed, (rows, O) = cols @ dy.T: OpenBLAS runs that orientation 10-15%
+                    # faster on the conv shapes benchmarked, and the result is small
+                    part = xp.matmul(columns(start, stop), xp.matrix_transpose(dy_part))
+                    if dw_mat is None:
+                        dw_mat = part
+                    else:
+                        dw_mat += part
+                if input_grad:
+                    dcols = xp.reshape(xp.matmul(w_t, dy_part), (taps, c, stop - start, *out_hw))
+                    for k, (hs, ws) in enumerate(windows):
+                        add_into(dx, (slice(None), slice(start, stop), hs, ws), dcols[k, ...])
+            if weight_grad:
+                dw_mat = xp.matrix_transpose(dw_mat)
                 dw = xp.reshape(dw_mat[:, :rows], (out_c, *self.kernel_size, c))
                 weight.accumulate(xp.permute_dims(dw, (0, 3, 1, 2)))
                 if bias is not None:
                     bias.accumulate(dw_mat[:, rows])
             if not input_grad:
                 return None
-            w_t = xp.matrix_transpose(w_mat[:, :rows])
-            dx = xp.zeros(padded_shape, dtype=dy.dtype, device=device_of(dy))
-            pixels = out_hw[0] * out_hw[1]
-            chunk = n
-            if is_numpy_namespace(xp):  # blocks that stay in the CPU's cache; on a GPU, fewer launches win
-                chunk = max(1, DX_CHUNK_BYTES // (rows * pixels * xp.finfo(dy.dtype).bits // 8))
-            for start in range(0, n, chunk):
-                stop = min(start + chunk, n)
-                dcols = xp.matmul(w_t, dy_mat[:, start * pixels:stop * pixels])
-                dcols = xp.reshape(dcols, (taps, c, stop - start, *out_hw))
-                for k, (hs, ws) in enumerate(windows):
-                    add_into(dx, (slice(None), slice(start, stop), hs, ws), dcols[k, ...])
-            (top, _), (left, _) = self.pads
+            (top, _), (left, _) = pads
             return xp.permute_dims(dx[:, :, top:top + h, left:left + w], (1, 0, 2, 3))
 
         return y, backprop

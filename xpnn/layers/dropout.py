@@ -20,10 +20,17 @@ class Dropout(Layer):
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         if not train or self.p == 0:
             return x, lambda dy: dy
-        keep = backend.random_uniform(tuple(x.shape), like=x) >= self.p
+        xp = array_namespace(x)
+        keep = backend.random_uniform(tuple(x.shape), like=x) >= self.p  # kept for backward: 1 byte a value
         scale = 1.0 / (1.0 - self.p)
-        mask = array_namespace(x).astype(keep, x.dtype) * scale
-        return x * mask, lambda dy: dy * mask
+
+        def scaled(values: Any) -> Any:
+            out = xp.astype(keep, values.dtype)
+            out *= values
+            out *= scale
+            return out
+
+        return scaled(x), scaled
 
     def config(self) -> dict[str, Any]:
         return {"p": self.p}

@@ -117,15 +117,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
         started = last_sync = time.perf_counter()
         try:
             for xb, yb in loader:
-                out, backprop = model(xb, train=True, input_grad=False)
-                value, dloss = loss(out, yb)
-                backprop(dloss())
-                if strategy is not None:
-                    strategy.reduce_gradients(params, int(out.shape[0]))
-                optimizer.step(params)
-                for p in params:
-                    p.grad = None
-                meter.add(value, out, yb)
+                _train_step(model, loss, optimizer, params, strategy, meter, xb, yb)
                 now = time.perf_counter()
                 if (now - last_sync >= SYNC_SECONDS) if strategy is None else strategy.sync_due():
                     logs = meter.sync(batches)
@@ -168,6 +160,22 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     for callback in callbacks:
         callback.on_train_end({"history": history})
     return history
+
+
+def _train_step(model: Any, loss: Loss, optimizer: Any, params: list[Any], strategy: Any, meter: Meter,
+                xb: Any, yb: Any) -> None:
+    """Forward, loss, backward, update, and the metric sums of one batch. A function of its own, so
+    that nothing the step made (outputs, backprop closures and what they keep) is still referenced
+    when the next step's forward pass starts: only one step's saved arrays are ever alive."""
+    out, backprop = model(xb, train=True, input_grad=False)
+    value, dloss = loss(out, yb)
+    backprop(dloss())
+    if strategy is not None:
+        strategy.reduce_gradients(params, int(out.shape[0]))
+    optimizer.step(params)
+    for p in params:
+        p.grad = None
+    meter.add(value, out, yb)
 
 
 @_on_model_device

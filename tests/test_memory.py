@@ -1,0 +1,88 @@
+"""What a training step keeps alive for backward, and for how long.
+
+Each layer's backprop keeps its input or less (a convolution its input, not the kh*kw times larger
+im2col columns; masks as one byte a value); a container frees each child's saved arrays once that
+child's gradient is out; and in ``fit`` no array of one step is alive when the next forward starts.
+"""
+import weakref
+
+import numpy as np
+import pytest
+
+import xpnn
+from xpnn import layers
+from xpnn.testing import retained_bytes
+
+
+@pytest.fixture
+def x(rng):
+    return xpnn.to_device(rng.standard_normal((8, 16, 20, 20)), dtype="float32")
+
+
+def test_conv_keeps_its_input_not_its_columns(x):
+    conv = layers.Conv2D(16, 16, 3, padding=1)
+    _, backprop = conv(x, train=True)
+    kept = retained_bytes(backprop, conv)
+    columns = 9 * x.nbytes
+    assert x.nbytes <= kept <= x.nbytes + 2 * conv.weight.value.nbytes, (kept, x.nbytes, columns)
+
+
+def test_masks_are_kept_as_one_byte_a_value(x):
+    relu, dropout = layers.ReLU(), layers.Dropout(0.5)
+    for layer in (relu, dropout):
+        _, backprop = layer(x, train=True)
+        assert retained_bytes(backprop, layer) == x.size  # bool: a quarter of float32
+    _, backprop = layers.MaxPool2D(2)(x, train=True)
+    assert retained_bytes(backprop) <= x.size  # the tournament's decisions, bool
+
+
+def test_batchnorm_keeps_its_normalized_input_once(x):
+    bn = layers.BatchNorm2D(16)
+    _, backprop = bn(x, train=True)
+    assert x.nbytes <= retained_bytes(backprop, bn) <= x.nbytes + 1024
+
+
+def test_residual_add_keeps_nothing(x):
+    block = layers.Residual([layers.ReLU()])  # identity shortcut, no activation after the add
+    _, backprop = block(x, train=True)
+    assert retained_bytes(backprop, block) == x.size  # the body's ReLU mask, nothing for the add
+
+
+def test_sequential_frees_each_layer_once_its_gradient_is_out(x):
+    """Backward drops each child's backprop after it ran; a second backward pass is refused."""
+    model = xpnn.Sequential([layers.Conv2D(16, 4, 3), layers.ReLU(), layers.Flatten(), layers.Linear(4 * 18 * 18, 2)])
+    out, backprop = model(x, train=True)
+    kept = retained_bytes(backprop, model)
+    assert kept > x.nbytes
+    backprop(xpnn.to_device(np.ones(tuple(out.shape)), dtype="float32"))
+    assert retained_bytes(backprop, model) == 0
+    with pytest.raises(RuntimeError, match="backprop already ran, and released what the forward kept"):
+        backprop(out)
+
+
+class Probe(layers.Layer):
+    """Passes its input through; its backprop keeps a fresh array, watched by a weak reference."""
+
+    def __init__(self) -> None:
+        self.saved: list[weakref.ref] = []
+        self.alive_at_forward: list[int] = []
+
+    def forward(self, x, *, train, input_grad):
+        self.alive_at_forward.append(sum(ref() is not None for ref in self.saved))
+        saved = x * 1.0
+        self.saved.append(weakref.ref(saved))
+
+        def backprop(dy):
+            assert saved.shape == dy.shape
+            return dy
+
+        return x, backprop
+
+
+def test_fit_keeps_no_previous_step_alive(rng):
+    probe = Probe()
+    model = xpnn.Sequential([layers.Linear(4, 8), probe, layers.ReLU(), layers.Linear(8, 2)])
+    x, y = rng.standard_normal((24, 4)).astype(np.float32), rng.integers(0, 2, 24)
+    model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    assert len(probe.alive_at_forward) == 12
+    assert probe.alive_at_forward == [0] * 12

@@ -1,0 +1,58 @@
+"""The workspace limit: how much scratch memory a layer may build at once (im2col columns).
+
+A convolution's column matrix is kh*kw times the size of its input, so it is built and used a few
+images at a time, never for the whole batch at once unless it fits: the idea of cuDNN's workspace
+limit. ``xpnn.set_workspace_limit(bytes)`` sets it (default 256 MiB); :func:`batch_chunk` turns it
+into a number of images. On NumPy the chunks are also kept cache-sized (:data:`CPU_CHUNK_BYTES`):
+a block of columns still in the CPU's cache when the matmul reads it, or when its gradient is added
+back, reuses memory instead of faulting in fresh pages. On a GPU each chunk costs a few kernel
+launches, so there the whole batch is one chunk whenever the limit allows.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from array_api_compat import is_numpy_namespace
+
+__all__ = ["set_workspace_limit", "workspace_limit", "workspace", "batch_chunk", "DEFAULT_WORKSPACE_BYTES",
+           "CPU_CHUNK_BYTES"]
+
+DEFAULT_WORKSPACE_BYTES = 256 * 2 ** 20
+#: On NumPy, the size of one block of columns (a few images' worth): it stays in the CPU's cache.
+CPU_CHUNK_BYTES = 4 * 2 ** 20
+
+_limit = [DEFAULT_WORKSPACE_BYTES]
+
+
+def set_workspace_limit(nbytes: int) -> None:
+    """Let a layer build at most ``nbytes`` of scratch (im2col columns) at a time; at least one
+    image's worth is always built. Lower it when a large batch runs out of GPU memory."""
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 1:
+        raise ValueError(f"the workspace limit is a positive number of bytes, got {nbytes!r}")
+    _limit[0] = nbytes
+
+
+def workspace_limit() -> int:
+    """The current workspace limit in bytes (:func:`set_workspace_limit`)."""
+    return _limit[0]
+
+
+@contextlib.contextmanager
+def workspace(nbytes: int) -> Iterator[None]:
+    """``with workspace(nbytes):`` the limit set for the block, then restored."""
+    previous = _limit[0]
+    set_workspace_limit(nbytes)
+    try:
+        yield
+    finally:
+        _limit[0] = previous
+
+
+def batch_chunk(batch: int, bytes_per_sample: int, xp: Any) -> int:
+    """How many of ``batch`` samples to process at once when each needs ``bytes_per_sample`` of
+    scratch: as many as the workspace limit allows (cache-sized blocks on NumPy), at least one."""
+    budget = _limit[0]
+    if is_numpy_namespace(xp):
+        budget = min(budget, CPU_CHUNK_BYTES)
+    return max(1, min(batch, budget // max(1, bytes_per_sample)))

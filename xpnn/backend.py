@@ -25,7 +25,7 @@ from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_nam
 __all__ = [
     "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device", "device_context",
     "devices", "device_of", "to_device", "to_numpy", "seed", "host_rng", "rng_state", "set_rng_state",
-    "random_uniform", "ARRAY_LIBRARIES", "register_array_library",
+    "random_uniform", "random_snapshot", "replayed_random", "ARRAY_LIBRARIES", "register_array_library",
 ]
 
 GPU_INSTALL_HINT = ('pip install "xpnn[gpu]" (CuPy for CUDA 12 with the CUDA libraries it needs, cupy-cuda12x[ctk]; '
@@ -487,6 +487,13 @@ _device_rngs: dict[str, Any] = {}
 _device_seed: list[int | None] = [None]
 
 
+def _device_generator(where: Device, seed: int | None) -> Any:
+    import cupy
+
+    with where.native:
+        return cupy.random.default_rng(seed)
+
+
 def random_uniform(shape: tuple[int, ...], like: Any) -> Any:
     """Uniform [0, 1) numbers in ``like``'s namespace, device and dtype (dropout, augmentation).
 
@@ -497,12 +504,50 @@ def random_uniform(shape: tuple[int, ...], like: Any) -> Any:
     if is_cupy_namespace(where.xp):
         import cupy
 
+        gen = _device_rngs.get(where.name)
+        if gen is None:
+            base = _device_seed[0]
+            gen = _device_generator(where, None if base is None else base + where.native.id)
+            _device_rngs[where.name] = gen
         with where.native:
-            gen = _device_rngs.get(where.name)
-            if gen is None:
-                base = _device_seed[0]
-                gen = cupy.random.default_rng(None if base is None else base + where.native.id)
-                _device_rngs[where.name] = gen
             return gen.random(shape, dtype=cupy.float32 if like.dtype == cupy.float32 else cupy.float64)
     host = _host_rng.random(shape, dtype=np.float64)
     return to_device(host, where, dtype=like.dtype)
+
+
+def random_snapshot(where: Device) -> tuple[str, Any]:
+    """A mark in the stream :func:`random_uniform` draws from on ``where``, to draw the same numbers
+    again later with :func:`replayed_random` (a checkpointed block's second forward pass).
+
+    On the host generator the mark is its state. A GPU generator's state is not read: it is
+    replaced by a new one seeded from the host generator, and the seed is the mark.
+    """
+    if is_cupy_namespace(where.xp):
+        seed = int(_host_rng.integers(2 ** 62))
+        _device_rngs[where.name] = _device_generator(where, seed)
+        return where.name, seed
+    return "host", _host_rng.bit_generator.state
+
+
+@contextlib.contextmanager
+def replayed_random(snapshot: tuple[str, Any], where: Device) -> Iterator[None]:
+    """Inside the block, :func:`random_uniform` on ``where`` draws again what it drew after
+    :func:`random_snapshot` gave ``snapshot``; after it, the streams are where they were before."""
+    kind, mark = snapshot
+    if kind == "host":
+        now = _host_rng.bit_generator.state
+        _host_rng.bit_generator.state = mark
+        try:
+            yield
+        finally:
+            _host_rng.bit_generator.state = now
+        return
+    now = _device_rngs.get(kind)
+    _device_rngs[kind] = _device_generator(where, mark)
+    try:
+        yield
+    finally:
+        if now is None:
+            _device_rngs.pop(kind, None)
+        else:
+            _device_rngs[kind] = now

@@ -80,18 +80,19 @@ def catdog_bn_cnn(image_size: int = 64, channels: int = 3, classes: int = 2) -> 
     return Sequential([*layers, GlobalAvgPool2D(), Dropout(0.3), Linear(widths[-1], classes)])
 
 
-def basic_block(c_in: int, c_out: int, stride: int = 1) -> Residual:
+def basic_block(c_in: int, c_out: int, stride: int = 1, checkpoint: bool = False) -> Residual:
     """ResNet's basic block: Conv3x3(stride)-BN-ReLU-Conv3x3-BN plus the shortcut, ReLU after the add.
-    The shortcut is the identity, or a 1x1 Conv2D (same stride) + BN where the shape changes."""
+    The shortcut is the identity, or a 1x1 Conv2D (same stride) + BN where the shape changes.
+    ``checkpoint=True``: the block keeps only its input for backward and runs again inside it."""
     body = [Conv2D(c_in, c_out, 3, stride=stride, padding=1, bias=False), BatchNorm2D(c_out), ReLU(),
             Conv2D(c_out, c_out, 3, padding=1, bias=False), BatchNorm2D(c_out)]
     shortcut = None if stride == 1 and c_in == c_out else \
         [Conv2D(c_in, c_out, 1, stride=stride, bias=False), BatchNorm2D(c_out)]
-    return Residual(body, shortcut, activation=ReLU())
+    return Residual(body, shortcut, activation=ReLU(), checkpoint=checkpoint)
 
 
 def resnet(input_shape: Sequence[int], classes: int, widths: Sequence[int] = (32, 64, 128, 256),
-           blocks: Sequence[int] = (1, 1, 1, 1), dropout: float = 0.2) -> Sequential:
+           blocks: Sequence[int] = (1, 1, 1, 1), dropout: float = 0.2, checkpoint: bool = False) -> Sequential:
     """A ResNet for ``(C, H, W)`` images: a stem conv, one stage per width of ``blocks[i]`` basic
     blocks (every stage after the first starts with a stride-2 block and a projection shortcut),
     global average pooling, dropout and Linear(->classes).
@@ -99,7 +100,8 @@ def resnet(input_shape: Sequence[int], classes: int, widths: Sequence[int] = (32
     The stem is Conv3x3-BN-ReLU up to 64 px; from 112 px it is Conv7x7/2-BN-ReLU plus a 2x2
     max-pool, as in ResNet-18, so a 224x224 photo reaches the first stage at 56x56. The
     defaults have 1.2 M parameters; ``blocks=(2, 2, 2, 2)`` with widths (64, 128, 256, 512) is
-    ResNet-18's layout."""
+    ResNet-18's layout. ``checkpoint=True`` checkpoints every block (:func:`xpnn.layers.checkpointed`):
+    training keeps each block's input only, for one more forward pass of each block per step."""
     c, h, w = (int(d) for d in input_shape)
     if len(widths) != len(blocks) or not widths:
         raise ValueError(f"resnet needs one block count per width, got widths {tuple(widths)} and blocks {tuple(blocks)}")
@@ -117,7 +119,7 @@ def resnet(input_shape: Sequence[int], classes: int, widths: Sequence[int] = (32
     for stage, (width, count) in enumerate(zip(widths, blocks)):
         for index in range(int(count)):
             stride = 2 if stage > 0 and index == 0 else 1
-            stages.append(basic_block(c_in, int(width), stride))
+            stages.append(basic_block(c_in, int(width), stride, checkpoint))
             c_in = int(width)
     head: list[Layer] = [GlobalAvgPool2D(), *([Dropout(dropout)] if dropout else []), Linear(c_in, classes)]
     return Sequential([*stem, *stages, *head])

@@ -1,7 +1,7 @@
 """xpnn layers: each maps ``x`` to ``(y, backprop)`` using only the array API standard."""
 from .activations import GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .base import Layer, LoadReport, Parameter
-from .container import Residual, Sequential
+from .container import Residual, Sequential, checkpointed
 from .conv import Conv2D
 from .dense import Linear
 from .dropout import Dropout
@@ -11,5 +11,5 @@ from .shape import Flatten
 
 __all__ = ["Layer", "Parameter", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "GELU",
            "Flatten", "Dropout"]
-__all__ += ["Sequential", "Residual", "LoadReport"]
+__all__ += ["Sequential", "Residual", "LoadReport", "checkpointed"]
 __all__ += ["Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm1D", "BatchNorm2D"]

@@ -6,6 +6,7 @@ layer and inference (``y, _ = layer(x)``) keeps nothing alive once the result is
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -14,7 +15,28 @@ from ..errors import ShapeError
 
 Backprop = Callable[[Any], Any]
 
-__all__ = ["Layer", "Parameter", "Backprop", "LoadReport", "layer_class", "layer_spec", "layer_from_spec"]
+__all__ = ["Layer", "Parameter", "Backprop", "LoadReport", "layer_class", "layer_spec", "layer_from_spec",
+           "recomputing", "is_recomputing"]
+
+_recomputing = [False]
+
+
+@contextlib.contextmanager
+def recomputing() -> Iterator[None]:
+    """Inside: forward passes are a checkpointed block's second run, made only to rebuild what its
+    backward pass needs. Layers with side effects skip them (BatchNorm's running statistics are
+    updated once, by the first run)."""
+    before = _recomputing[0]
+    _recomputing[0] = True
+    try:
+        yield
+    finally:
+        _recomputing[0] = before
+
+
+def is_recomputing() -> bool:
+    """Whether the forward pass now running is a checkpointed block's second run (:func:`recomputing`)."""
+    return _recomputing[0]
 
 
 class Parameter:
@@ -115,6 +137,8 @@ class Layer:
     buffer_names: ClassVar[tuple[str, ...]] = ()
     #: the input rank the layer accepts (None: any rank >= 1)
     input_rank: ClassVar[int | None] = None
+    #: whether forward draws random numbers in training (a checkpointed block then replays them)
+    draws_random: ClassVar[bool] = False
     #: the dotted path from the model's root, set by the container that holds the layer ("" at the root)
     path: str = ""
     _trainable: bool = True

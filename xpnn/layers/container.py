@@ -9,18 +9,19 @@ optimizer state and of model files. The same layer object placed twice is refuse
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+import contextlib
+from typing import Any, Callable, Iterable, Sequence
 
 from array_api_compat import array_namespace
 
 from .. import backend
 from ..errors import ShapeError
 from . import activations as _activations
-from .base import Backprop, Layer, layer_from_spec, layer_spec
+from .base import Backprop, Layer, is_recomputing, layer_from_spec, layer_spec, recomputing
 from .dense import Linear
 from .pool import MaxPool2D
 
-__all__ = ["Sequential", "Residual"]
+__all__ = ["Sequential", "Residual", "checkpointed"]
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -32,10 +33,11 @@ class Sequential(Layer):
 
     A Sequential is itself a Layer, so it nests inside another Sequential or a :class:`Residual`.
     Its parameters are named by dotted path (``"0.weight"``, ``"3.body.0.weight"``), the keys of
-    :meth:`state_dict` and of optimizer state.
+    :meth:`state_dict` and of optimizer state. ``checkpoint=True`` trades compute for memory: in
+    training it keeps only its input for backward and runs again inside it (:func:`checkpointed`).
     """
 
-    def __init__(self, layers: Iterable[Layer]) -> None:
+    def __init__(self, layers: Iterable[Layer], checkpoint: bool = False) -> None:
         if isinstance(layers, Layer):
             raise TypeError(f"Sequential takes a list of layers, got a single {type(layers).__name__}; "
                             f"write Sequential([layer])")
@@ -45,6 +47,7 @@ class Sequential(Layer):
         for index, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: item {index} is a {type(layer).__name__}, not an xpnn Layer")
+        self.checkpoint = _flag(checkpoint, "Sequential")
         self._order = _execution_order(self.layers)
         self._name_tree()
         self.input_shape: tuple[int, ...] | None = None
@@ -74,6 +77,11 @@ class Sequential(Layer):
         return self.forward(x, train=train, input_grad=input_grad)
 
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
+        if train and self.checkpoint and not is_recomputing():
+            return checkpointed(lambda x: self._run(x, train=True, input_grad=input_grad), x, self)
+        return self._run(x, train=train, input_grad=input_grad)
+
+    def _run(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         first = 0 if input_grad else self.first_trainable()
         backprops = []
         for index in self._order:
@@ -174,17 +182,18 @@ class Sequential(Layer):
 
     def config(self) -> dict[str, Any]:
         """The architecture as JSON-able data: each child's type and constructor arguments, nested."""
-        return {"layers": [layer_spec(layer) for layer in self.layers]}
+        return {"layers": [layer_spec(layer) for layer in self.layers],
+                **({"checkpoint": True} if self.checkpoint else {})}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Sequential":
         items = config.get("layers") if isinstance(config, dict) else None
         if not isinstance(items, list):
             raise ValueError(f"a Sequential entry needs a list of layers, got {str(config)[:80]}")
-        return cls([layer_from_spec(item) for item in items])
+        return cls([layer_from_spec(item) for item in items], checkpoint=config.get("checkpoint", False))
 
     def _title(self) -> str:
-        return f"Sequential({len(self.layers)} layers)"
+        return f"Sequential({len(self.layers)} layers{', checkpointed' if self.checkpoint else ''})"
 
     def summary(self, input_shape: Sequence[int] | None = None, print_fn: Any = print) -> str:
         """A tree of layers (by path), output shapes (batch axis as N) and parameter counts, with
@@ -239,6 +248,31 @@ class Sequential(Layer):
         return predict(self, x, **kwargs)
 
 
+def _flag(value: Any, owner: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: checkpoint must be True or False, got {value!r}")
+    return value
+
+
+def checkpointed(run: Callable[[Any], tuple[Any, Backprop]], x: Any, block: Layer) -> tuple[Any, Backprop]:
+    """``run(x)`` (a block's training forward pass) keeping only ``x`` for backward: PyTorch's
+    ``torch.utils.checkpoint``, Keras' ``remat``. The backward pass runs ``run(x)`` again, then its
+    backprop. The second run draws the same random numbers (dropout masks; augmentation happened
+    before the model, in ``x``) and updates no running statistics (:func:`recomputing`), so the
+    gradients are those of the plain block. Costs one more forward pass of the block."""
+    where = backend.device_of(x)
+    snapshot = backend.random_snapshot(where) if any(layer.draws_random for _, layer in block.walk()) else None
+    y, _ = run(x)
+
+    def backprop(dy: Any) -> Any:
+        replay = contextlib.nullcontext() if snapshot is None else backend.replayed_random(snapshot, where)
+        with recomputing(), replay:
+            _, rerun_backprop = run(x)
+        return rerun_backprop(dy)
+
+    return y, backprop
+
+
 def release_as_it_goes(backprops: list[Backprop], owner: Layer) -> Backprop:
     """The backward pass of layers run in order: their backprops in reverse, each dropped once it
     has run, so what a layer kept for backward is freed as soon as its gradient is out (as PyTorch
@@ -276,15 +310,18 @@ class Residual(Layer):
     ``body`` and ``shortcut`` are lists of layers or Sequentials (kept as ``.body``/``.shortcut``);
     ``shortcut=None`` is the identity. Backward sums the two branches' input gradients into a
     new array. The branches must give the same shape, else a ShapeError names both and the
-    block's path. ``train`` and ``input_grad`` pass through to the children.
+    block's path. ``train`` and ``input_grad`` pass through to the children. ``checkpoint=True``:
+    in training the block keeps only its input and runs again inside backward (:func:`checkpointed`).
     """
 
-    def __init__(self, body: Any, shortcut: Any = None, activation: Layer | None = None) -> None:
+    def __init__(self, body: Any, shortcut: Any = None, activation: Layer | None = None,
+                 checkpoint: bool = False) -> None:
         self.body = _as_sequential(body, "body")
         self.shortcut = None if shortcut is None else _as_sequential(shortcut, "shortcut")
         if activation is not None and not isinstance(activation, Layer):
             raise TypeError(f"Residual: activation must be an xpnn Layer or None, got {type(activation).__name__}")
         self.activation = activation
+        self.checkpoint = _flag(checkpoint, "Residual")
         self._name_tree()
 
     def children(self) -> list[tuple[str, Layer]]:
@@ -322,6 +359,11 @@ class Residual(Layer):
         return self.forward(x, train=train, input_grad=input_grad)
 
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
+        if train and self.checkpoint and not is_recomputing():
+            return checkpointed(lambda x: self._run(x, train=True, input_grad=input_grad), x, self)
+        return self._run(x, train=train, input_grad=input_grad)
+
+    def _run(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         main, body_backprop = self.body.apply(x, train=train, input_grad=input_grad)
         if self.shortcut is None:
             side, shortcut_backprop = x, None
@@ -345,7 +387,8 @@ class Residual(Layer):
     def config(self) -> dict[str, Any]:
         return {"body": layer_spec(self.body),
                 "shortcut": None if self.shortcut is None else layer_spec(self.shortcut),
-                "activation": None if self.activation is None else layer_spec(self.activation)}
+                "activation": None if self.activation is None else layer_spec(self.activation),
+                **({"checkpoint": True} if self.checkpoint else {})}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Residual":
@@ -353,12 +396,13 @@ class Residual(Layer):
             raise ValueError(f"a Residual entry needs a body, got {str(config)[:80]}")
         shortcut, activation = config.get("shortcut"), config.get("activation")
         return cls(layer_from_spec(config["body"]), None if shortcut is None else layer_from_spec(shortcut),
-                   None if activation is None else layer_from_spec(activation))
+                   None if activation is None else layer_from_spec(activation),
+                   checkpoint=config.get("checkpoint", False))
 
     def _title(self) -> str:
         kind = "identity" if self.shortcut is None else "projection"
         after = "" if self.activation is None else f", then {self.activation._title()}"
-        return f"Residual({kind} shortcut{after})"
+        return f"Residual({kind} shortcut{after}{', checkpointed' if self.checkpoint else ''})"
 
     def __repr__(self) -> str:
         parts = [f"body={self.body!r}"]
@@ -366,6 +410,8 @@ class Residual(Layer):
             parts.append(f"shortcut={self.shortcut!r}")
         if self.activation is not None:
             parts.append(f"activation={self.activation!r}")
+        if self.checkpoint:
+            parts.append("checkpoint=True")
         inner = ",\n  ".join(part.replace("\n", "\n  ") for part in parts)
         return f"Residual(\n  {inner}\n)"
 

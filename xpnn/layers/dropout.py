@@ -12,6 +12,8 @@ __all__ = ["Dropout"]
 
 
 class Dropout(Layer):
+    draws_random = True
+
     def __init__(self, p: float = 0.5) -> None:
         if not 0 <= p < 1:
             raise ValueError(f"Dropout: p is the probability of dropping a unit and must be in [0, 1), got {p!r}")

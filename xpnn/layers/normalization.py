@@ -15,7 +15,7 @@ from array_api_compat import array_namespace
 
 from ..errors import ShapeError
 from ..init import initialize
-from .base import Backprop, Layer, Parameter
+from .base import Backprop, Layer, Parameter, is_recomputing
 
 __all__ = ["BatchNorm1D", "BatchNorm2D"]
 
@@ -90,7 +90,8 @@ class _BatchNorm(Layer):
         mean = xp.sum(values, axis=1) / count
         centered = values - mean[:, None]
         var = _row_dots(centered, centered) / count
-        self._update_running(mean, var * (count / (count - 1)))
+        if not is_recomputing():  # a checkpointed block's second run updates nothing
+            self._update_running(mean, var * (count / (count - 1)))
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         scale = gamma.value * inv_std
         y = centered * scale[:, None]

@@ -86,3 +86,38 @@ def test_fit_keeps_no_previous_step_alive(rng):
     model.fit(x, y, epochs=2, batch_size=4, verbose=0)
     assert len(probe.alive_at_forward) == 12
     assert probe.alive_at_forward == [0] * 12
+
+
+def _measured_step(model, x):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out, backprop = model(x, train=True, input_grad=False)
+        backprop(xpnn.to_device(np.ones(tuple(out.shape)), dtype="float32"))
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_memory_estimate_is_within_a_fifth_of_the_measured_step(rng, checkpoint):
+    from xpnn import zoo
+
+    model = zoo.resnet((3, 32, 32), 2, widths=(8, 16), blocks=(1, 1), checkpoint=checkpoint)
+    estimate = layers.memory_estimate(model, 24, (3, 32, 32))
+    x = xpnn.to_device(rng.standard_normal((24, 3, 32, 32)), dtype="float32")
+    measured = _measured_step(model, x)
+    assert 0.8 <= (estimate.step - estimate.optimizer_state) / measured <= 1.2, (estimate, measured)
+    assert estimate.gradients == 4 * model.count_params() and estimate.optimizer_state == 0
+    with_adam = layers.memory_estimate(model, 24, (3, 32, 32), xpnn.optim.Adam(lr=1e-3))
+    assert with_adam.optimizer_state == 2 * estimate.gradients
+    assert f"training memory at batch size 24: {estimate.total / 2 ** 20:,.1f} MiB" in \
+        model.summary((3, 32, 32), print_fn=None, batch_size=24)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_memory_estimate_needs_a_positive_batch_size(bad):
+    with pytest.raises(ValueError, match="the batch size must be a positive integer"):
+        layers.memory_estimate(xpnn.mlp([4, 3]), bad, (4,))

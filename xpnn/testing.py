@@ -109,12 +109,10 @@ def check_loss_gradients(loss: Any, pred: np.ndarray, target: np.ndarray,
 def retained_bytes(backprop: Any, model: Any = None) -> int:
     """Bytes of the NumPy arrays a backprop closure keeps alive for the backward pass.
 
-    Follows closures, bound methods, lists, tuples and dicts; a view counts its whole base (the
-    memory it keeps alive), once. Layers and Parameters are not followed, and the arrays owned by
+    Follows closures, bound methods' functions, lists, tuples and dicts, not other objects (layers,
+    parameters); a view counts its whole base (the memory it keeps alive), once. The arrays owned by
     ``model`` (parameters and buffers) are not counted: they are the model's, not the step's.
     """
-    from .layers.base import Layer, Parameter
-
     owned = set()
     if model is not None:
         owned = {id(_root(value)) for value in model.named_state().values() if isinstance(value, np.ndarray)}
@@ -124,7 +122,7 @@ def retained_bytes(backprop: Any, model: Any = None) -> int:
     stack = [backprop]
     while stack:
         obj = stack.pop()
-        if id(obj) in seen or isinstance(obj, (Layer, Parameter, type)):
+        if id(obj) in seen:
             continue
         seen.add(id(obj))
         if isinstance(obj, np.ndarray):
@@ -132,8 +130,8 @@ def retained_bytes(backprop: Any, model: Any = None) -> int:
             if id(root) not in counted and id(root) not in owned:
                 counted.add(id(root))
                 total += root.nbytes
-        elif callable(obj) and hasattr(obj, "__func__"):
-            stack += [obj.__func__, obj.__self__]
+        elif hasattr(obj, "__func__"):
+            stack.append(obj.__func__)
         elif hasattr(obj, "__closure__"):
             stack += [cell.cell_contents for cell in obj.__closure__ or () if _filled(cell)]
         elif isinstance(obj, (list, tuple)):

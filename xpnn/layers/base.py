@@ -16,7 +16,7 @@ from ..errors import ShapeError
 Backprop = Callable[[Any], Any]
 
 __all__ = ["Layer", "Parameter", "Backprop", "LoadReport", "layer_class", "layer_spec", "layer_from_spec",
-           "recomputing", "is_recomputing"]
+           "recomputing", "is_recomputing", "backprop_ran_twice"]
 
 _recomputing = [False]
 
@@ -32,6 +32,13 @@ def recomputing() -> Iterator[None]:
         yield
     finally:
         _recomputing[0] = before
+
+
+def backprop_ran_twice(layer: "Layer") -> RuntimeError:
+    """The error of a backprop called a second time, where its first run released (or reused) what
+    the forward pass kept for it: the price of freeing saved arrays as early as possible."""
+    return RuntimeError(f"{layer.describe()}: this forward pass's backprop already ran, and released what the "
+                        f"forward kept; run the forward pass again for another backward pass")
 
 
 def is_recomputing() -> bool:

@@ -17,8 +17,9 @@ from array_api_compat import array_namespace
 from .. import backend
 from ..errors import ShapeError
 from . import activations as _activations
-from .base import Backprop, Layer, is_recomputing, layer_from_spec, layer_spec, recomputing
+from .base import Backprop, Layer, backprop_ran_twice, is_recomputing, layer_from_spec, layer_spec, recomputing
 from .dense import Linear
+from .memory import memory_estimate
 from .pool import MaxPool2D
 
 __all__ = ["Sequential", "Residual", "checkpointed"]
@@ -195,9 +196,11 @@ class Sequential(Layer):
     def _title(self) -> str:
         return f"Sequential({len(self.layers)} layers{', checkpointed' if self.checkpoint else ''})"
 
-    def summary(self, input_shape: Sequence[int] | None = None, print_fn: Any = print) -> str:
+    def summary(self, input_shape: Sequence[int] | None = None, print_fn: Any = print, batch_size: int | None = None,
+                optimizer: Any = None) -> str:
         """A tree of layers (by path), output shapes (batch axis as N) and parameter counts, with
-        trainable and frozen totals; printed and returned."""
+        trainable and frozen totals; printed and returned. With ``batch_size``, also the training
+        memory of a step of that size (:func:`xpnn.layers.memory_estimate`, for ``optimizer``'s state)."""
         sample = tuple(input_shape or self.input_shape or self._guess_input_shape())
         rows = [("Path", "Layer", "Output shape", "Params")]
 
@@ -221,6 +224,8 @@ class Sequential(Layer):
                 text.append(line)
         text += [line, f"Total parameters: {self.count_params():,}  on {self.device}, {self.dtype}",
                  f"Trainable parameters: {self.count_params(True):,}  frozen: {self.count_params(False):,}"]
+        if batch_size is not None:
+            text.append(memory_estimate(self, batch_size, sample, optimizer).describe())
         out = "\n".join(text)
         if print_fn is not None:
             print_fn(out)
@@ -282,8 +287,7 @@ def release_as_it_goes(backprops: list[Backprop], owner: Layer) -> Backprop:
     def backprop_all(dy: Any) -> Any:
         nonlocal pending
         if pending is None:
-            raise RuntimeError(f"{owner.describe()}: this forward pass's backprop already ran, and released what "
-                               f"the forward kept; run the forward pass again for another backward pass")
+            raise backprop_ran_twice(owner)
         todo, pending = pending, None
         if not todo:
             return None

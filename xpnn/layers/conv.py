@@ -161,8 +161,7 @@ class Conv2D(Layer):
             w_mat = xp.concat([w_mat, xp.reshape(bias.value, (out_c, 1))], axis=1)
         images = xp.permute_dims(x, (1, 0, 2, 3))
         windows = list(window_slices(self.kernel_size, self.stride, out_hw, self.dilation))
-        itemsize = xp.finfo(x.dtype).bits // 8
-        chunk = batch_chunk(n, (rows + 1) * pixels * itemsize, xp)
+        chunk = batch_chunk(n, self.column_bytes(tuple(x.shape), xp.finfo(x.dtype).bits // 8), xp)
         pads = self.pads
 
         def columns(start: int, stop: int) -> Any:
@@ -222,6 +221,13 @@ class Conv2D(Layer):
             return xp.permute_dims(dx[:, :, top:top + h, left:left + w], (1, 0, 2, 3))
 
         return y, backprop
+
+    def column_bytes(self, input_shape: tuple[int, ...], itemsize: int = 4) -> int:
+        """Bytes of one sample's im2col columns for an input of ``input_shape``: what the workspace
+        limit bounds (:mod:`.workspace`)."""
+        out_hw = self.output_shape(tuple(input_shape))[2:]
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        return (taps * self.in_channels + 1) * out_hw[0] * out_hw[1] * itemsize
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         self._check_rank(input_shape)

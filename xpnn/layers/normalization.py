@@ -15,7 +15,7 @@ from array_api_compat import array_namespace
 
 from ..errors import ShapeError
 from ..init import initialize
-from .base import Backprop, Layer, Parameter, is_recomputing
+from .base import Backprop, Layer, Parameter, backprop_ran_twice, is_recomputing
 
 __all__ = ["BatchNorm1D", "BatchNorm2D"]
 
@@ -98,18 +98,24 @@ class _BatchNorm(Layer):
         y += beta.value[:, None]
 
         def backprop(dy: Any) -> Any:
+            """Runs once: dx is computed in place in ``centered``'s memory (no full-size temporary)."""
             # with x_hat = centered * inv_std: dgamma = sum(dy * x_hat), dbeta = sum(dy), and
-            # dx = scale * (dy - dbeta / count - x_hat * dgamma / count), per channel
+            # dx = scale * (dy - centered * inv_std * dgamma / count - dbeta / count), per channel
+            nonlocal centered
+            if centered is None:
+                raise backprop_ran_twice(self)
             dy_values = self._channel_major(dy)
             dbeta = xp.sum(dy_values, axis=1)
             dgamma = _row_dots(dy_values, centered) * inv_std
             gamma.accumulate(dgamma)
             beta.accumulate(dbeta)
+            dx, centered = centered, None
             if not input_grad:
                 return None
-            dx = dy_values * scale[:, None]
-            dx -= centered * (scale * inv_std * dgamma / count)[:, None]
-            dx -= (scale * dbeta / count)[:, None]
+            dx *= (inv_std * dgamma * (-1.0 / count))[:, None]
+            dx += dy_values
+            dx -= (dbeta * (1.0 / count))[:, None]
+            dx *= scale[:, None]
             return self._batch_major(dx, shape)
 
         return self._batch_major(y, shape), backprop

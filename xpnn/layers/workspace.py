@@ -23,6 +23,7 @@ DEFAULT_WORKSPACE_BYTES = 256 * 2 ** 20
 CPU_CHUNK_BYTES = 4 * 2 ** 20
 
 _limit = [DEFAULT_WORKSPACE_BYTES]
+_cache_blocks = [True]
 
 
 def set_workspace_limit(nbytes: int) -> None:
@@ -39,20 +40,22 @@ def workspace_limit() -> int:
 
 
 @contextlib.contextmanager
-def workspace(nbytes: int) -> Iterator[None]:
-    """``with workspace(nbytes):`` the limit set for the block, then restored."""
-    previous = _limit[0]
+def workspace(nbytes: int, cache_blocks: bool = True) -> Iterator[None]:
+    """``with workspace(nbytes):`` the limit set for the block, then restored. ``cache_blocks=False``
+    lets NumPy use the whole limit too (the memory estimate's dry run, which measures chunks)."""
+    previous = _limit[0], _cache_blocks[0]
     set_workspace_limit(nbytes)
+    _cache_blocks[0] = cache_blocks
     try:
         yield
     finally:
-        _limit[0] = previous
+        _limit[0], _cache_blocks[0] = previous
 
 
 def batch_chunk(batch: int, bytes_per_sample: int, xp: Any) -> int:
     """How many of ``batch`` samples to process at once when each needs ``bytes_per_sample`` of
     scratch: as many as the workspace limit allows (cache-sized blocks on NumPy), at least one."""
     budget = _limit[0]
-    if is_numpy_namespace(xp):
+    if _cache_blocks[0] and is_numpy_namespace(xp):
         budget = min(budget, CPU_CHUNK_BYTES)
     return max(1, min(batch, budget // max(1, bytes_per_sample)))

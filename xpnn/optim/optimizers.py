@@ -163,6 +163,11 @@ class Optimizer:
         """Names of the per-parameter state arrays this configuration keeps."""
         return ()
 
+    @property
+    def state_slots(self) -> int:
+        """How many arrays of each parameter's size this optimizer keeps (momentum: 1, Adam: 2)."""
+        return len(self._state_arrays())
+
     def _packed(self, active: list[Parameter]) -> list["_FlatGroup"]:
         """The flat groups for ``active``, rebuilt when a parameter or one of its arrays changed."""
         key = tuple((id(param), id(param.value)) for param in active)

@@ -134,6 +134,19 @@ DAMAGED_MODEL_FILES = [
     ("data-without-source", lambda h: h["metadata"]["data"].pop("source") and None, None, "data must give"),
     ("settings-without-data", lambda h: h["metadata"].pop("data") and None, None, "settings come without"),
     ("settings-of-the-wrong-type", set_in(["metadata", "settings", "epochs"], "many"), None, "wrong type"),
+    ("frozen-is-null", set_in(["frozen"], None), None, "frozen must be a list of layer paths"),
+    ("frozen-is-a-number", set_in(["frozen"], 5), None, "frozen must be a list of layer paths"),
+    ("frozen-holds-a-list", set_in(["frozen"], [[1]]), None, "frozen must be a list of layer paths"),
+    ("frozen-is-a-string", set_in(["frozen"], "7"), None, "frozen must be a list of layer paths"),
+    ("frozen-names-no-layer", set_in(["frozen"], ["9"]), None, "frozen names layer '9'"),
+    ("input-is-an-array", set_in(["metadata", "input"], {"__array__": "model/7.bias"}), None,
+     "input must give size"),
+    ("input-size-is-an-array", set_in(["metadata", "input", "size"], {"__array__": "model/7.bias"}), None,
+     "input must give size"),
+    ("fewer-class-names-than-outputs", set_in(["metadata", "classes"], ["a", "b", "c"]), None,
+     "3 class names for a model with 10 outputs"),
+    ("softmax-axis-beyond-the-rank", lambda h: h["architecture"]["config"]["layers"].append(
+        {"type": "Softmax", "config": {"axis": 5}}) and None, None, "axis 5"),
 ]
 
 

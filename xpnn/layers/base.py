@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
 
+from array_api_compat import array_namespace
+
 from .. import backend
-from ..errors import ShapeError
+from ..errors import DataError, ShapeError
 
 Backprop = Callable[[Any], Any]
 
@@ -102,6 +104,33 @@ class LoadReport:
             parts.append("different shapes: " + ", ".join(f"{name} (saved {saved}, model {mine})"
                                                          for name, saved, mine in self.mismatched))
         return "; ".join(parts)
+
+
+def _check_real_array(key: str, value: Any) -> None:
+    """TypeError naming ``key`` unless ``value`` is an array of real numbers (not bool, complex, objects)."""
+    try:
+        real = backend.is_array(value) and backend.dtype_name(value.dtype) != "bool"
+    except TypeError:  # a dtype that is not a real number type
+        real = False
+    if not real:
+        kind = str(value.dtype) if backend.is_array(value) else type(value).__name__
+        raise TypeError(f"{key} must be an array of real numbers, got {kind}")
+
+
+def _check_finite_as(key: str, value: Any, dtype: Any) -> None:
+    """DataError naming ``key`` if ``value`` holds NaN/inf, or values ``dtype`` cannot hold (which
+    the cast would turn into inf), so what a load assigns is finite."""
+    xp = array_namespace(value)
+    if not backend.dtype_name(value.dtype).startswith("float"):
+        return
+    if not bool(xp.all(xp.isfinite(value))):
+        raise DataError(f"{key} holds NaN/inf values")
+    target = backend.dtype_name(dtype)
+    if target.startswith("float"):
+        largest = xp.finfo(getattr(xp, target)).max
+        if largest < xp.finfo(value.dtype).max and bool(xp.any(xp.abs(value) > largest)):
+            raise DataError(f"{key} holds values too large for {target} (beyond {largest:.3g}, they would "
+                            f"become inf)")
 
 
 class Layer:
@@ -233,16 +262,21 @@ class Layer:
 
         ``strict=True`` requires exactly the model's names and shapes. ``strict=False`` loads every
         entry whose name and shape match and leaves the rest; it raises if nothing matched. Every
-        array is checked and moved before any is assigned, so a refused load changes nothing.
+        array is checked and moved before any is assigned, so a refused load changes nothing: a
+        value the model names that is not an array of real numbers raises TypeError, one holding
+        NaN/inf, or values the model's dtype cannot hold, raises :class:`~xpnn.errors.DataError`.
         """
         mine = self.named_state()
         report = LoadReport()
         for key, value in mine.items():
             if key not in arrays:
                 report.missing.append(key)
-            elif tuple(arrays[key].shape) != tuple(value.shape):
+                continue
+            _check_real_array(key, arrays[key])
+            if tuple(arrays[key].shape) != tuple(value.shape):
                 report.mismatched.append((key, tuple(int(d) for d in arrays[key].shape), tuple(value.shape)))
             else:
+                _check_finite_as(key, arrays[key], value.dtype)
                 report.loaded.append(key)
         report.unexpected = [key for key in arrays if key not in mine]
         if strict and (report.missing or report.unexpected or report.mismatched):

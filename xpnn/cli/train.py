@@ -36,9 +36,8 @@ def _init_from(model: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
     require_model_file(source)
     try:
         report = load_weights(source, model, strict=False)
-    except ValueError as exc:
-        raise CLIError(f"--init-from {source}: {one_line(exc)}; it shares no layer (same path and shape) with "
-                       f"the {settings['model']!r} model built for this data, so there is nothing to start from") from exc
+    except ValueError as exc:  # a ModelFileError naming the file and what is wrong with it
+        raise CLIError(f"--init-from {one_line(exc)}") from exc
     loaded = set(report.loaded)
     whole = [path for path, layer in model.walk() if not layer.children() and layer.state()
              and all((f"{path}.{name}" if path else name) in loaded for name in layer.state())]

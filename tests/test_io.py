@@ -203,7 +203,5 @@ def test_load_state_dict_refuses_values_that_are_not_arrays_of_real_numbers(valu
             model.load_state_dict({**before, "0.weight": value}, strict=strict)
     with pytest.raises(ValueError, match=r"3\.bias holds values too large for float32"):
         model.load_state_dict({**before, "3.bias": np.full(3, 1e300)})
-    with pytest.raises(ValueError, match=r"3\.bias holds NaN/inf values"):
-        model.load_state_dict({**before, "3.bias": np.full(3, np.nan, np.float32)}, strict=False)
     for key, array in model.state_dict().items():
         np.testing.assert_array_equal(array, before[key])

@@ -424,7 +424,8 @@ def _load(archive: _Archive, device: "backend.Device | str | None", model: Seque
         if header.get("input_shape"):
             model.build(header["input_shape"])
     except ValueError as exc:
-        raise archive.error(f"weights do not match the architecture: {exc}") from exc
+        raise archive.error(f"the architecture does not fit its input shape {tuple(header['input_shape'])}: "
+                            f"{exc}") from exc
     if header.get("loss"):
         try:
             model.loss = get_loss(header["loss"]["type"], **header["loss"]["config"])

@@ -117,20 +117,16 @@ def _check_real_array(key: str, value: Any) -> None:
         raise TypeError(f"{key} must be an array of real numbers, got {kind}")
 
 
-def _check_finite_as(key: str, value: Any, dtype: Any) -> None:
-    """DataError naming ``key`` if ``value`` holds NaN/inf, or values ``dtype`` cannot hold (which
-    the cast would turn into inf), so what a load assigns is finite."""
+def _check_fits_dtype(key: str, value: Any, dtype: Any) -> None:
+    """DataError naming ``key`` if ``value`` holds finite values that ``dtype`` cannot hold: the
+    cast would silently turn them into inf."""
     xp = array_namespace(value)
-    if not backend.dtype_name(value.dtype).startswith("float"):
+    source, target = backend.dtype_name(value.dtype), backend.dtype_name(dtype)
+    if not (source.startswith("float") and target.startswith("float")):
         return
-    if not bool(xp.all(xp.isfinite(value))):
-        raise DataError(f"{key} holds NaN/inf values")
-    target = backend.dtype_name(dtype)
-    if target.startswith("float"):
-        largest = xp.finfo(getattr(xp, target)).max
-        if largest < xp.finfo(value.dtype).max and bool(xp.any(xp.abs(value) > largest)):
-            raise DataError(f"{key} holds values too large for {target} (beyond {largest:.3g}, they would "
-                            f"become inf)")
+    largest = xp.finfo(getattr(xp, target)).max
+    if largest < xp.finfo(value.dtype).max and bool(xp.any(xp.isfinite(value) & (xp.abs(value) > largest))):
+        raise DataError(f"{key} holds values too large for {target} (beyond {largest:.3g}, they would become inf)")
 
 
 class Layer:
@@ -264,7 +260,8 @@ class Layer:
         entry whose name and shape match and leaves the rest; it raises if nothing matched. Every
         array is checked and moved before any is assigned, so a refused load changes nothing: a
         value the model names that is not an array of real numbers raises TypeError, one holding
-        NaN/inf, or values the model's dtype cannot hold, raises :class:`~xpnn.errors.DataError`.
+        finite values its dtype cannot hold (float64 beyond float32's range) raises
+        :class:`~xpnn.errors.DataError` instead of loading them as inf.
         """
         mine = self.named_state()
         report = LoadReport()
@@ -276,7 +273,7 @@ class Layer:
             if tuple(arrays[key].shape) != tuple(value.shape):
                 report.mismatched.append((key, tuple(int(d) for d in arrays[key].shape), tuple(value.shape)))
             else:
-                _check_finite_as(key, arrays[key], value.dtype)
+                _check_fits_dtype(key, arrays[key], value.dtype)
                 report.loaded.append(key)
         report.unexpected = [key for key in arrays if key not in mine]
         if strict and (report.missing or report.unexpected or report.mismatched):

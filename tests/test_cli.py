@@ -214,7 +214,8 @@ def test_resnet_trains_and_info_shows_its_tree(image_folder, tmp_path):
 def test_error_fine_tuning_from_a_file_that_matches_nothing(fashion_run, tmp_path):
     proc = xpnn_cmd("train", "--model", "mlp", "--limit", "50", "--quiet", "--init-from",
                     fashion_run[0] / "model.npz", "--out", tmp_path / "mlp", check=False)
-    assert_user_error(proc, "--init-from", "nothing in the state matches the model", "shares no layer")
+    assert_user_error(proc, f"--init-from {fashion_run[0] / 'model.npz'}: weights do not match the architecture: "
+                            f"nothing in the state matches the model")
     assert not (tmp_path / "mlp").exists()
     assert_user_error(xpnn_cmd("train", "--freeze", "--out", tmp_path / "f", check=False),
                       "--freeze needs --init-from MODEL.npz")

@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import tracemalloc
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -134,6 +135,19 @@ DAMAGED_MODEL_FILES = [
     ("data-without-source", lambda h: h["metadata"]["data"].pop("source") and None, None, "data must give"),
     ("settings-without-data", lambda h: h["metadata"].pop("data") and None, None, "settings come without"),
     ("settings-of-the-wrong-type", set_in(["metadata", "settings", "epochs"], "many"), None, "wrong type"),
+    ("frozen-is-null", set_in(["frozen"], None), None, "frozen must be a list of layer paths"),
+    ("frozen-is-a-number", set_in(["frozen"], 5), None, "frozen must be a list of layer paths"),
+    ("frozen-holds-a-list", set_in(["frozen"], [[1]]), None, "frozen must be a list of layer paths"),
+    ("frozen-is-a-string", set_in(["frozen"], "7"), None, "frozen must be a list of layer paths"),
+    ("frozen-names-no-layer", set_in(["frozen"], ["9"]), None, "frozen names layer '9'"),
+    ("input-is-an-array", set_in(["metadata", "input"], {"__array__": "model/7.bias"}), None,
+     "input must give size"),
+    ("input-size-is-an-array", set_in(["metadata", "input", "size"], {"__array__": "model/7.bias"}), None,
+     "input must give size"),
+    ("fewer-class-names-than-outputs", set_in(["metadata", "classes"], ["a", "b", "c"]), None,
+     "3 class names for a model with 10 outputs"),
+    ("softmax-axis-beyond-the-rank", lambda h: h["architecture"]["config"]["layers"].append(
+        {"type": "Softmax", "config": {"axis": 5}}) and None, None, "axis 5"),
 ]
 
 
@@ -191,6 +205,116 @@ def test_corrupt_bytes_are_one_line_naming_the_file(checkpoint, tmp_path, capsys
         assert code == 2 and err.count("\n") == 1 and str(path) in err and "Traceback" not in err, err
     with pytest.raises(ModelFileError, match=str(path)):
         xpnn.load_checkpoint(path)
+
+
+EXPORT_CASES = [case for case in DAMAGED_MODEL_FILES if case[0] in {
+    "classes-not-a-list", "huge-input-size", "frozen-is-a-number", "frozen-is-a-string", "input-is-an-array",
+    "fewer-class-names-than-outputs", "softmax-axis-beyond-the-rank"}] + [
+    ("classes-a-string", set_in(["metadata", "classes"], "abc"), None, "classes must be a list"),
+    ("input-a-number", set_in(["metadata", "input"], 5), None, "input must give size"),
+]
+
+
+@pytest.mark.parametrize("name, header, arrays, fragment", EXPORT_CASES, ids=[case[0] for case in EXPORT_CASES])
+def test_export_checks_the_file_as_the_other_commands_do(checkpoint, tmp_path, capsys, name, header, arrays,
+                                                        fragment):
+    path = rewrite(checkpoint, tmp_path / f"{name}.npz", header, arrays)
+    out = tmp_path / "model.onnx"
+    code = cli.main(["export", str(path), str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("xpnn: error: "), lines
+    assert str(path) in lines[0] and fragment in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_export_never_writes_over_its_input_or_over_a_file_that_is_not_onnx(checkpoint, tmp_path, capsys):
+    model = tmp_path / "model.npz"
+    model.write_bytes(checkpoint.read_bytes())
+    (tmp_path / "link.npz").symlink_to(model)
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("my notes")
+    for target, fragment in ((model, "is the model file it exports"), (tmp_path / "link.npz", "is the model file"),
+                             (notes, "is not an ONNX file")):
+        code = cli.main(["export", str(model), str(target), "--force"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and fragment in lines[0] and str(target) in lines[0], lines
+    assert model.read_bytes() == checkpoint.read_bytes() and notes.read_text() == "my notes"
+
+
+def float64_beyond_float32(data: dict) -> None:
+    key = first_weight(data)
+    data[key] = data[key].astype(np.float64)
+    data[key].flat[3] = 1e39
+
+
+def test_float64_weights_beyond_float32s_range_are_refused(checkpoint, tmp_path, capsys):
+    path = rewrite(checkpoint, tmp_path / "m.npz", arrays=float64_beyond_float32)
+    message = r"1\.weight holds values too large for float32"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ModelFileError, match=message):
+            xpnn.load(path)
+        model = xpnn.zoo.build("mlp", (1, 28, 28), 10)
+        before = model.state_dict()
+        with pytest.raises(ModelFileError, match=message):
+            xpnn.io.load_weights(path, model)
+        with pytest.raises(ValueError, match=message):
+            model.load_state_dict({**before, "1.weight": np.full(before["1.weight"].shape, 1e39)})
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    out = tmp_path / "run"
+    code = cli.main(["train", "--model", "mlp", "--limit", "50", "--epochs", "1", "--quiet", "--device", "cpu",
+                     "--init-from", str(path), "--out", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and str(path) in lines[0] and "too large for float32" in lines[0], lines
+    assert not out.exists()
+
+
+def newer_format(head: dict) -> None:
+    head["format_version"] = 99
+
+
+def with_nan(data: dict) -> None:
+    key = first_weight(data)
+    data[key] = np.full_like(data[key], np.nan)
+
+
+@pytest.mark.parametrize("header, arrays, damage, fragment", [
+    (None, None, truncate, "is not a readable xpnn model file"),
+    (None, with_nan, None, "holds NaN/inf values"),
+    (newer_format, None, None, "newer xpnn"),
+    (nested(10_000), None, None, "model header"),
+], ids=["truncated", "nan", "newer-format", "10000-deep"])
+def test_init_from_says_what_is_wrong_with_the_file_and_only_that(checkpoint, tmp_path, capsys, header, arrays,
+                                                                  damage, fragment):
+    path = rewrite(checkpoint, tmp_path / "source.npz", header, arrays)
+    if damage is not None:
+        damage(path)
+    out = tmp_path / "run"
+    code = cli.main(["train", "--model", "mlp", "--limit", "50", "--epochs", "1", "--quiet", "--device", "cpu",
+                     "--init-from", str(path), "--out", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("xpnn: error: --init-from "), lines
+    assert str(path) in lines[0] and fragment in lines[0] and "shares no layer" not in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_two_members_with_one_name_are_refused(checkpoint, tmp_path, capsys):
+    """Zip readers disagree on which of two same-named members counts: such a file is not read."""
+    path = tmp_path / "m.npz"
+    path.write_bytes(checkpoint.read_bytes())
+    key = first_weight(members(path))
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.zeros_like(members(path)[key]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate it is asked to write
+        with zipfile.ZipFile(path, "a") as z:
+            z.writestr(f"{key}.npy", buffer.getvalue())
+    with pytest.raises(ModelFileError, match=f"{path} is damaged: it holds two members named '{key}.npy'"):
+        xpnn.load(path)
+    code = cli.main(["info", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "two members named" in err, err
 
 
 def add_member(path: Path, name: str, declared_shape: tuple[int, ...], payload: bytes) -> None:
@@ -307,6 +431,55 @@ def test_idx_multi_member_gzip_still_reads(tmp_path):
     data = raw.read_bytes()
     (tmp_path / "b-ubyte.gz").write_bytes(gzip.compress(data[:10]) + gzip.compress(data[10:]))
     np.testing.assert_array_equal(load_idx(tmp_path / "b-ubyte.gz"), array)
+
+
+def test_gzip_idx_is_held_once(tmp_path):
+    """An honest .gz declaring 32 MiB costs 32 MiB and a few chunks: inflated into the array it
+    returns, no copies (three copies before: 96 MiB)."""
+    path = tmp_path / "big-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_header((32, 1024, 1024)) + bytes(32 * MIB), compresslevel=1))
+    tracemalloc.start()
+    try:
+        array = load_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert array.shape == (32, 1024, 1024) and array.dtype == np.uint8 and not array.any()
+    assert peak < 40 * MIB, f"{peak / MIB:.0f} MiB to read 32 MiB"
+
+
+_UNDER_A_MEMORY_CAP = """
+import resource, sys
+import xpnn.cli
+vm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 256 * 2**20, resource.RLIM_INFINITY))
+sys.exit(xpnn.cli.main(sys.argv[1:]))
+"""
+
+
+def test_idx_too_large_for_the_memory_left_is_one_line(tmp_path):
+    """A 1 MiB .gz declaring 1 GiB, under a memory cap: one line naming the file, exit 2."""
+    import os
+    import subprocess
+    import sys
+    data = tmp_path / "data"
+    data.mkdir()
+    images = data / "train-images-idx3-ubyte.gz"
+    count = 2**30 // 784
+    images.write_bytes(gzip.compress(idx_header((count, 28, 28)) + np.random.default_rng(0).bytes(MIB + 8192),
+                                     compresslevel=0))
+    for name, dims in (("train-labels-idx1-ubyte", (count,)), ("t10k-images-idx3-ubyte", (1, 28, 28)),
+                       ("t10k-labels-idx1-ubyte", (1,))):
+        save_idx(data / name, np.zeros(dims, np.uint8))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _UNDER_A_MEMORY_CAP, "train", "--data", str(data), "--device",
+                           "cpu", "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert str(images) in lines[0] and "memory" in lines[0], lines[0]
 
 
 # --------------------------------------------------------------------------- images

@@ -286,6 +286,48 @@ def test_run_outputs_are_written_atomically(tmp_path, monkeypatch, capsys):
     assert on_disk <= set(written), on_disk - set(written)
 
 
+def test_ctrl_c_in_the_test_pass_keeps_the_trained_weights_and_resume_tests_them(tmp_path, capsys, monkeypatch):
+    """The training is finished when the test pass starts: Ctrl-C there writes model.npz (marked
+    interrupted), run.json says so, and --resume runs only the test pass."""
+    from xpnn.cli import train as train_command
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_command, "model_scores", interrupt)
+    code, _, err = run_cli(capsys, "train", "--model", "mlp", "--limit", "50", "--epochs", "1", "--out", out,
+                           "--quiet", "--device", "cpu")
+    assert code == 130 and "Traceback" not in err, err
+    assert "interrupted while testing" in err and f"xpnn train --resume {out}" in err, err
+    saved = xpnn.load(out / "model.npz")
+    assert saved.metadata["interrupted"] is True and saved.metadata["epoch"] == 1 and "test" not in saved.metadata
+    for key, value in xpnn.load(out / "checkpoint.npz").state_dict().items():
+        np.testing.assert_array_equal(saved.state_dict()[key], value)
+    assert strict_json(out / "run.json")["status"] == "interrupted"
+    monkeypatch.undo()
+    code, stdout, err = run_cli(capsys, "train", "--resume", out, "--quiet", "--device", "cpu")
+    assert code == 0, err
+    assert "test accuracy" in stdout
+    tested = xpnn.load(out / "model.npz")
+    assert tested.metadata["test"]["images"] == 50 and "interrupted" not in tested.metadata
+    assert strict_json(out / "run.json")["status"] == "completed"
+    code, _, err = run_cli(capsys, "train", "--resume", out, "--quiet", "--device", "cpu")
+    assert code == 2 and "already trained 1 epoch(s)" in err, err
+
+
+def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
+    from xpnn.cli import train as train_command
+
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(train_command, "training_data", exhausted)
+    code, _, err = run_cli(capsys, "train", "--model", "mlp", "--limit", "50", "--device", "cpu")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("xpnn: error: out of memory"), err
+
+
 # --------------------------------------------------------------------------- 9. Ctrl-C at start-up
 
 _INTERRUPT_WHILE_IMPORTING = """

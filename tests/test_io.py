@@ -170,3 +170,38 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_save_refuses_what_load_would_refuse_as_too_deep(tmp_path):
+    """Writing and reading apply one nesting limit: a file save writes, load reads."""
+    def nested(depth):
+        model = layers.Linear(2, 2)
+        for _ in range(depth):
+            model = xpnn.Sequential([model])
+        return model
+
+    xpnn.save(nested(20), tmp_path / "ok.npz")
+    assert len(xpnn.load(tmp_path / "ok.npz").parameters()) == 2
+    deep_metadata = {"notes": [[[[]]]]}
+    for _ in range(110):
+        deep_metadata = {"inner": deep_metadata}
+    for model, metadata, what in ((nested(34), None, "architecture"), (small_model(), deep_metadata, "metadata")):
+        with pytest.raises(ValueError, match=rf"not saving {tmp_path / 'm.npz'}: its {what} is nested more than "
+                                             r"100 levels deep"):
+            xpnn.save(model, tmp_path / "m.npz", metadata=metadata)
+        assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.parametrize("value, kind", [
+    (np.zeros((6, 5), np.complex64), "complex64"), (np.full((6, 5), None, dtype=object), "object"),
+    (np.zeros((6, 5), bool), "bool"), ([[0.0] * 5] * 6, "list"), (None, "NoneType")])
+def test_load_state_dict_refuses_values_that_are_not_arrays_of_real_numbers(value, kind):
+    model = small_model()
+    before = model.state_dict()
+    for strict in (True, False):
+        with pytest.raises(TypeError, match=rf"0\.weight must be an array of real numbers, got {kind}"):
+            model.load_state_dict({**before, "0.weight": value}, strict=strict)
+    with pytest.raises(ValueError, match=r"3\.bias holds values too large for float32"):
+        model.load_state_dict({**before, "3.bias": np.full(3, 1e300)})
+    for key, array in model.state_dict().items():
+        np.testing.assert_array_equal(array, before[key])

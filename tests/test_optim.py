@@ -261,6 +261,26 @@ def test_state_that_no_longer_fits_its_parameter_is_dropped(device):
     assert resumed.state["1.weight"]["step"] == 1
 
 
+def test_the_same_optimizer_reused_after_a_new_head_drops_its_stale_state(device):
+    """Not through load_state_dict: the optimizer that trained the old head steps the new one
+    (another shape, same name) from fresh state, exactly as a new optimizer would."""
+    opt = Adam(0.1)
+    head, body = make_param(device, name="1.weight"), make_param(device, name="0.weight")
+    for grad in GRADS[:2]:
+        for p in (head, body):
+            p.grad = backend.to_device(grad, device, dtype="float32")
+        opt.step([body, head])
+    kept = backend.to_numpy(opt.state["0.weight"]["exp_avg"]).copy()
+    new_head, fresh_head = (make_param(device, np.arange(3.0), name="1.weight") for _ in range(2))
+    for p in (new_head, fresh_head, body):
+        p.grad = backend.to_device(np.ones(p.shape), device, dtype="float32")
+    opt.step([body, new_head])
+    Adam(0.1).step([fresh_head])
+    assert opt.state["1.weight"]["step"] == 1 and opt.state["0.weight"]["step"] == 3
+    np.testing.assert_array_equal(backend.to_numpy(new_head.value), backend.to_numpy(fresh_head.value))
+    assert not np.array_equal(backend.to_numpy(opt.state["0.weight"]["exp_avg"]), kept)
+
+
 # --------------------------------------------------------------------------- schedules
 
 def test_schedule_values():

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, backend
-from .errors import ModelFileError
+from .errors import DataError, ModelFileError
 from .init import placeholders
 from .files import atomic_write, json_text
 from .layers.base import LoadReport, layer_from_spec, layer_spec
@@ -61,12 +61,21 @@ def _refuse_nonfinite(path: Path, arrays: dict[str, np.ndarray]) -> None:
                          f"values; a model file is only written from finite weights")
 
 
+def _refuse_too_deep(path: Path, header: dict[str, Any]) -> None:
+    """Raise ValueError if the header nests deeper than :func:`load` reads: what is written can be read."""
+    deep = [key for key, value in header.items() if 1 + _depth(value) > _MAX_DEPTH]
+    if deep:
+        raise ValueError(f"not saving {path}: its {deep[0]} is nested more than {_MAX_DEPTH} levels deep, more "
+                         f"than a model file may hold")
+
+
 def save(model: Sequential, path: "str | os.PathLike[str]", *, optimizer: Any = None,
          metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (and optionally its optimizer's state) to ``path`` atomically; returns the path.
 
     Weights or optimizer state holding NaN/inf raise ValueError and write nothing, so a file
-    on disk always holds finite weights.
+    on disk always holds finite weights; so does an architecture or metadata nested more than
+    100 levels deep (about 30 nested containers), which :func:`load` would refuse.
 
     ``metadata`` is any JSON-able dict (training settings, epoch, metrics); it comes back in
     ``model.metadata`` after :func:`load`.
@@ -87,6 +96,7 @@ def save(model: Sequential, path: "str | os.PathLike[str]", *, optimizer: Any = 
         header["optimizer"] = {"type": type(optimizer).__name__, "config": optimizer.config(),
                                "state": _split_arrays(optimizer.state_dict(), "optim", arrays)}
     _refuse_nonfinite(path, arrays)
+    _refuse_too_deep(path, header)
     arrays[_HEADER] = np.array(json_text(header, indent=None))
     with atomic_write(path) as f:
         np.savez(f, **arrays)
@@ -125,12 +135,23 @@ class _Archive:
         self.members = {info.filename[:-len(".npy")]: info for info in self.zip.infolist()
                         if info.filename.endswith(".npy")}
         try:
+            self._refuse_duplicates()
             if _HEADER not in self.members:
                 raise self.error(f"is an .npz file but not an xpnn model (it has no {_HEADER} header)")
             self.header = self._parse_header(self.read(_HEADER, max_bytes=_MAX_HEADER_BYTES))
         except BaseException:
             self.close()
             raise
+
+    def _refuse_duplicates(self) -> None:
+        """Zip readers disagree on which of two members with one name counts (Python takes the
+        last, others the first), so another tool could see other weights: such a file is refused."""
+        seen: set[str] = set()
+        for info in self.zip.infolist():
+            if info.filename in seen:
+                raise self.error(f"is damaged: it holds two members named {info.filename!r}, and zip readers "
+                                 f"disagree on which one counts")
+            seen.add(info.filename)
 
     def error(self, text: str) -> ModelFileError:
         return ModelFileError(f"{self.path}: {text}" if not text.startswith("is ") else f"{self.path} {text}")
@@ -283,6 +304,9 @@ class _Archive:
                                                                  and d > 0 for d in shape)),
              "input_shape", "null or a list of positive integers", shape)
         need(isinstance(header.get("metadata", {}), dict), "metadata", "an object", header.get("metadata"))
+        frozen = header.get("frozen", [])
+        need(isinstance(frozen, list) and all(isinstance(path, str) for path in frozen), "frozen",
+             "a list of layer paths", frozen)
         for key, parts in (("loss", ("type", "config")), ("optimizer", ("type", "config", "state"))):
             spec = header.get(key)
             need(spec is None or (isinstance(spec, dict) and isinstance(spec.get("type"), str)
@@ -372,6 +396,8 @@ def _load_arrays(archive: _Archive, model: Sequential, strict: bool) -> LoadRepo
     arrays = archive.weights(model) if strict else archive.matching_weights(model)
     try:
         return model.load_state_dict(arrays, strict=strict)
+    except DataError as exc:  # values the model's dtype cannot hold
+        raise archive.error(str(exc)) from exc
     except ValueError as exc:
         raise archive.error(f"weights do not match the architecture: {exc}") from exc
 
@@ -383,8 +409,10 @@ def _load(archive: _Archive, device: "backend.Device | str | None", model: Seque
         _load_arrays(archive, model, strict=True)
         layers = dict(model.walk())
         for frozen in header.get("frozen", []):
-            if frozen in layers:
-                layers[frozen].trainable = False
+            if frozen not in layers:
+                raise archive.error(f"the header's frozen names layer {frozen!r}, which the architecture does "
+                                    f"not have")
+            layers[frozen].trainable = False
     else:
         diffs = _spec_differences(_architecture(archive), layer_spec(model), "")
         if diffs:
@@ -396,7 +424,8 @@ def _load(archive: _Archive, device: "backend.Device | str | None", model: Seque
         if header.get("input_shape"):
             model.build(header["input_shape"])
     except ValueError as exc:
-        raise archive.error(f"weights do not match the architecture: {exc}") from exc
+        raise archive.error(f"the architecture does not fit its input shape {tuple(header['input_shape'])}: "
+                            f"{exc}") from exc
     if header.get("loss"):
         try:
             model.loss = get_loss(header["loss"]["type"], **header["loss"]["config"])

@@ -144,6 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print("\nxpnn: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        if args.debug:
+            raise
+        print("xpnn: error: out of memory: this needs more memory than is free; smaller data, images or batches "
+              "need less", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -29,7 +29,7 @@ def check_metadata(path: "str | Path", model: Any, checkpoint: bool = False) -> 
         spec = meta["input"]
         need(isinstance(spec, dict) and isinstance(spec.get("size"), list) and len(spec["size"]) == 2
              and all(is_int(n, 1) for n in spec["size"]) and spec.get("color") in ("rgb", "gray"),
-             f"input must give size [height, width] and color 'rgb' or 'gray', got {json_text(spec, None)[:80]}")
+             f"input must give size [height, width] and color 'rgb' or 'gray', got {_shown(spec)}")
         from ..data.images import image_size
         try:
             image_size(spec["size"])
@@ -41,8 +41,13 @@ def check_metadata(path: "str | Path", model: Any, checkpoint: bool = False) -> 
              f"input says {spec['color']} {spec['size'][0]}x{spec['size'][1]} images, the model takes "
              f"{tuple(model.input_shape or ())}")
     if "classes" in meta:
-        need(isinstance(meta["classes"], list) and all(isinstance(c, str) for c in meta["classes"])
-             and len(meta["classes"]) >= 2, "classes must be a list of at least two names")
+        classes = meta["classes"]
+        need(isinstance(classes, list) and all(isinstance(c, str) for c in classes) and len(classes) >= 2,
+             "classes must be a list of at least two names")
+        if model.input_shape:
+            outputs = model.output_shapes()[-1][-1]
+            need(len(classes) == (2 if outputs == 1 else outputs),
+                 f"{len(classes)} class names for a model with {outputs} output{'s' if outputs != 1 else ''}")
     for key, kind, what in (("settings", dict, "an object"), ("data", dict, "an object"), ("test", dict, "an object"),
                             ("versions", dict, "an object"), ("history", dict, "an object"),
                             ("rng_state", dict, "an object"), ("interrupted", bool, "true or false"),
@@ -67,6 +72,14 @@ def check_metadata(path: "str | Path", model: Any, checkpoint: bool = False) -> 
         need(all(ok(settings[key]) for key, (_, ok) in SETTING_CHECKS.items() if key in settings),
              "settings hold values of the wrong type")
     return meta
+
+
+def _shown(value: Any) -> str:
+    """``value`` for an error message: its JSON, or what it is when it has none (an array)."""
+    try:
+        return json_text(value, None)[:80]
+    except (TypeError, ValueError):
+        return f"a {type(value).__name__}"
 
 
 def input_spec(model: Any) -> dict[str, Any]:

@@ -84,19 +84,25 @@ def _plot_history(history: History, out: Path) -> None:
         write_report("accuracy.png", lambda: history.plot(str(out / "accuracy.png"), "accuracy", title="accuracy"))
 
 
+def previous_record(out: Path) -> dict[str, Any]:
+    """The run.json of the run in ``out`` ({} if it has none); CLIError if it is damaged."""
+    path = out / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        previous = json.loads(path.read_text())
+    except (ValueError, RecursionError) as exc:
+        raise CLIError(f"{path} is not valid JSON ({type(exc).__name__}: {str(exc)[:120]}); move it aside "
+                       f"to resume (a new one is written)") from exc
+    if not isinstance(previous, dict) or not isinstance(previous.get("commands", []), list):
+        raise CLIError(f"{path} is not a run record (expected an object with a list of commands); move it "
+                       f"aside to resume (a new one is written)")
+    return previous
+
+
 def run_record(out: Path, args: argparse.Namespace, settings: dict[str, Any], metadata: dict[str, Any],
                 device: backend.Device, started: float) -> dict[str, Any]:
-    path = out / "run.json"
-    previous: Any = {}
-    if args.resume and path.is_file():
-        try:
-            previous = json.loads(path.read_text())
-        except (ValueError, RecursionError) as exc:
-            raise CLIError(f"{path} is not valid JSON ({type(exc).__name__}: {str(exc)[:120]}); move it aside "
-                           f"to resume (a new one is written)") from exc
-        if not isinstance(previous, dict) or not isinstance(previous.get("commands", []), list):
-            raise CLIError(f"{path} is not a run record (expected an object with a list of commands); move it "
-                           f"aside to resume (a new one is written)")
+    previous = previous_record(out) if args.resume else {}
     command = shlex.join(["xpnn", *args.argv])
     return {"command": command, "commands": [*previous.get("commands", []), command], "argv": sys.argv,
             "cwd": os.getcwd(), "started": datetime.fromtimestamp(started).isoformat(timespec="seconds"),

@@ -21,7 +21,8 @@ from .environment import library_versions, select_device
 from .errors import CLIError, one_line
 from .model_file import check_fits, check_metadata, require_model_file
 from .reporting import model_scores, write_confusion
-from .run_folder import CHECKPOINT_FILE, MODEL_FILE, RunCheckpoint, finish_run, output_folder, run_record
+from .run_folder import (CHECKPOINT_FILE, MODEL_FILE, RunCheckpoint, finish_run, output_folder, previous_record,
+                         run_record)
 from .settings import resolve_settings
 
 
@@ -36,9 +37,8 @@ def _init_from(model: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
     require_model_file(source)
     try:
         report = load_weights(source, model, strict=False)
-    except ValueError as exc:
-        raise CLIError(f"--init-from {source}: {one_line(exc)}; it shares no layer (same path and shape) with "
-                       f"the {settings['model']!r} model built for this data, so there is nothing to start from") from exc
+    except ValueError as exc:  # a ModelFileError naming the file and what is wrong with it
+        raise CLIError(f"--init-from {one_line(exc)}") from exc
     loaded = set(report.loaded)
     whole = [path for path, layer in model.walk() if not layer.children() and layer.state()
              and all((f"{path}.{name}" if path else name) in loaded for name in layer.state())]
@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         meta = check_metadata(out / CHECKPOINT_FILE, model, checkpoint=True)
         settings = resolve_settings(args, meta.get("settings"))
         initial_epoch = int(meta["epoch"])
-        if initial_epoch >= settings["epochs"]:
+        if initial_epoch >= settings["epochs"] and previous_record(out).get("status") == "completed":
             raise CLIError(f"the run in {out} has already trained {initial_epoch} epoch(s); pass --epochs N with "
                            f"N > {initial_epoch} to train further")
     else:
@@ -118,21 +118,34 @@ def cmd_train(args: argparse.Namespace) -> int:
                       batch_size=settings["batch_size"], seed=settings["seed"], validation_data=validation,
                       callbacks=[checkpoint], verbose=2 if args.quiet else 1, scale=SCALE,
                       transform=train_transform(settings, data), initial_epoch=initial_epoch)
+        return _report_test(model, data, x_test, y_test, settings, metadata, out, run, started,
+                            checkpoint.saved_epoch)
     except KeyboardInterrupt:
-        done = checkpoint.saved_epoch
-        try:
-            save(model, out / MODEL_FILE, metadata={**metadata, "epoch": done, "interrupted": True})
-            saved = f"saved the current weights to {out / MODEL_FILE}"
-        except ValueError:  # the weights are not finite: nothing is saved from them
-            saved = "the current weights are not finite and were not saved"
-        finish_run(out, model.history, run, "interrupted", started)
-        print(f"\nxpnn: interrupted in epoch {done + 1}; {saved}. "
-              f"{out / CHECKPOINT_FILE} holds the {_checkpoint_point(done)}: continue with "
-              f"`xpnn train --resume {out}`", file=sys.stderr, flush=True)
-        return 130
+        return _interrupted(model, metadata, out, run, started, checkpoint.saved_epoch, settings["epochs"])
     except TrainingDivergedError as exc:
         return _diverged(exc, out, model.history, run, started, checkpoint.saved_epoch)
-    return _report_test(model, data, x_test, y_test, settings, metadata, out, run, started, checkpoint.saved_epoch)
+
+
+def _interrupted(model: Any, metadata: dict[str, Any], out: Path, run: dict[str, Any], started: float, done: int,
+                 epochs: int) -> int:
+    """End a run stopped by Ctrl-C, in an epoch or in the test pass after the last one: the
+    weights go to model.npz (marked interrupted), run.json says "interrupted", exit code 130."""
+    if "test" in run:  # the test pass was over and model.npz written: only the reports were cut short
+        saved = f"{out / MODEL_FILE} holds the tested weights"
+    else:
+        try:
+            save(model, out / MODEL_FILE, metadata={**metadata, "epoch": done, "interrupted": True})
+            saved = f"saved the {'trained' if done >= epochs else 'current'} weights to {out / MODEL_FILE}"
+        except ValueError:  # the weights are not finite: nothing is saved from them
+            saved = "the current weights are not finite and were not saved"
+    finish_run(out, model.history, run, "interrupted", started)
+    if done >= epochs:
+        where = f"while testing after epoch {done}; {saved}. `xpnn train --resume {out}` runs the test"
+    else:
+        where = (f"in epoch {done + 1}; {saved}. {out / CHECKPOINT_FILE} holds the {_checkpoint_point(done)}: "
+                 f"continue with `xpnn train --resume {out}`")
+    print(f"\nxpnn: interrupted {where}", file=sys.stderr, flush=True)
+    return 130
 
 
 def _diverged(exc: Exception, out: Path, history: History, run: dict[str, Any], started: float,

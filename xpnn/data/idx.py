@@ -41,66 +41,110 @@ _GZIP_SLACK = 4096
 
 
 class _Source:
-    """The bytes of an IDX file read on demand: as is, or gunzipped no further than asked.
+    """The bytes of an IDX file read on demand, from disk a chunk at a time: as is, or gunzipped
+    no further than asked.
 
     Reading gzip this way bounds decompression by what the IDX header declares, so a small
-    file that expands to gigabytes is refused after the declared size, not after expanding.
+    file that expands to gigabytes is refused after the declared size, not after expanding, and
+    the data is inflated straight into the array that is returned, never copied.
     """
+
+    CHUNK = 2**20
 
     def __init__(self, path: Path) -> None:
         self.path = path
         if path.exists() and not path.is_file():  # a FIFO would block, /dev/zero never end
             raise DataError(f"{path} is not a regular file, so not an IDX file")
-        self.raw = path.read_bytes()
-        self.compressed = self.raw.startswith(_GZIP_MAGIC)
+        self.file = path.open("rb")
+        self.size = os.fstat(self.file.fileno()).st_size
+        self.compressed = self.file.read(2) == _GZIP_MAGIC
+        self.file.seek(0)
         self.where = f"{path} (after gunzip)" if self.compressed else str(path)
         self.offset = 0
-        self.pending = self.raw
+        self.pending = b""
         self.inflater = zlib.decompressobj(wbits=31) if self.compressed else None
+
+    def __enter__(self) -> "_Source":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.file.close()
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` more bytes (fewer only at the end of the data)."""
-        if not self.compressed:
-            chunk = self.raw[self.offset:self.offset + n]
-            self.offset += len(chunk)
-            return chunk
-        out = bytearray()
+        buffer = bytearray(n)
+        return bytes(buffer[:self.readinto(memoryview(buffer))])
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` with the next bytes; returns how many there were (fewer only at the end)."""
+        filled = 0
+        while filled < len(view):
+            if self.compressed:
+                chunk = self._inflate(min(len(view) - filled, self.CHUNK))
+                view[filled:filled + len(chunk)] = chunk
+                count = len(chunk)
+            else:
+                count = self.file.readinto(view[filled:])
+            if not count:
+                break
+            filled += count
+        self.offset += filled
+        return filled
+
+    def _inflate(self, limit: int) -> bytes:
+        """Up to ``limit`` decompressed bytes (b"" at the end of the data)."""
         try:
-            while len(out) < n:
-                if self.inflater.eof:
-                    if not self.inflater.unused_data.strip(b"\0"):
-                        break
-                    self.pending = self.inflater.unused_data  # a further gzip member
-                    self.inflater = zlib.decompressobj(wbits=31)
-                chunk = self.inflater.decompress(self.pending, n - len(out))
+            while True:
+                if self.inflater.eof and not self._next_member():
+                    return b""
+                if not self.pending:
+                    self.pending = self.file.read(self.CHUNK)
+                    exhausted = not self.pending
+                chunk = self.inflater.decompress(self.pending, limit)
                 self.pending = self.inflater.unconsumed_tail
-                out += chunk
-                if not chunk and not self.pending and not self.inflater.eof:
+                if chunk:
+                    return chunk
+                if not self.pending and not self.inflater.eof and exhausted:
                     raise EOFError("the compressed stream ends before its end marker")
         except (EOFError, zlib.error) as exc:
             raise DataError(f"{self.path}: the gzip stream is corrupt or truncated ({exc}); "
-                            f"the compressed file is {len(self.raw)} bytes") from exc
-        return bytes(out)
+                            f"the compressed file is {self.size} bytes") from exc
+
+    def _next_member(self) -> bool:
+        """After a gzip member's end: start the next member, if any (zero padding is no member)."""
+        rest = self.inflater.unused_data
+        while not rest.strip(b"\0"):
+            rest = self.file.read(self.CHUNK)
+            if not rest:
+                return False
+        self.pending = rest
+        self.inflater = zlib.decompressobj(wbits=31)
+        return True
 
     def can_hold(self, size: int) -> bool:
         """Whether the file could hold ``size`` more bytes of data at all."""
-        return not self.compressed or size <= len(self.raw) * _DEFLATE_MAX_RATIO + _GZIP_SLACK
+        return not self.compressed or size <= self.size * _DEFLATE_MAX_RATIO + _GZIP_SLACK
 
     def remaining(self) -> int | None:
         """Bytes left in a raw file (None for gzip, whose length is not known without expanding it)."""
-        return None if self.compressed else len(self.raw) - self.offset
+        return None if self.compressed else self.size - self.offset
 
 
 def load_idx(path: "str | os.PathLike[str]") -> np.ndarray:
     """The array stored in an IDX file (raw or gzip), in native byte order.
 
     Raises :class:`~xpnn.errors.DataError` naming the file and what was expected and found
-    when the magic number, type code, dimensions or data length do not agree with each other.
-    A gzip file is decompressed only as far as its header declares (plus one byte to tell a
-    longer file), so memory is bounded by the declared size.
+    when the magic number, type code, dimensions or data length do not agree with each other,
+    or when the memory for the data it declares cannot be had. A gzip file is decompressed only
+    as far as its header declares (plus one byte to tell a longer file), straight into the
+    returned array, so memory is bounded by the declared size and held once.
     """
     path = Path(path)
-    source = _Source(path)
+    with _Source(path) as source:
+        return _read(source)
+
+
+def _read(source: _Source) -> np.ndarray:
     where = source.where
     magic = source.read(4)
     if len(magic) < 4:
@@ -124,19 +168,31 @@ def load_idx(path: "str | os.PathLike[str]") -> np.ndarray:
     for d in shape:
         expected *= d  # Python integers: no overflow, however large the dimensions
     dims_text = "x".join(map(str, shape))
+    declared = f"the header says {dims_text} {dtype.name} values = {expected:,} bytes"
     if not source.can_hold(expected):
-        raise DataError(f"{where}: the header says {dims_text} {dtype.name} values = {expected:,} bytes, more than "
-                        f"this {len(source.raw):,}-byte file can hold; the file is damaged")
+        raise DataError(f"{where}: {declared}, more than this {source.size:,}-byte file can hold; the file is "
+                        f"damaged")
     left = source.remaining()
-    data = source.read(expected + 1)
-    found = len(data) if left is None else left
+    if left is None or left == expected:
+        try:
+            data = np.empty(expected, dtype=np.uint8)
+        except MemoryError:
+            raise DataError(f"{where}: {declared}, more memory than is free; load it on a machine with more memory, "
+                            f"or split the file") from None
+        found = source.readinto(memoryview(data))
+        if found == expected and source.read(1):
+            found = -1
+    else:
+        found = left
     if found != expected:
-        what = "truncated" if found < expected else "longer than its header says"
-        amount = f"{found} bytes" if left is not None or found <= expected else "more"
+        what = "truncated" if 0 <= found < expected else "longer than its header says"
+        amount = f"{found} bytes" if found >= 0 else "more"
         raise DataError(f"{where}: data is {what}: the header says {dims_text} {dtype.name} values = {expected} "
                         f"bytes after the {header}-byte header, found {amount}")
-    values = np.frombuffer(data, dtype=dtype).reshape(shape)
-    return values.astype(dtype.newbyteorder("="))
+    values = data.view(dtype).reshape(shape)
+    if not dtype.isnative:
+        values = values.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    return values
 
 
 def save_idx(path: "str | os.PathLike[str]", array: Any) -> Path:

@@ -6,6 +6,7 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
+from ..errors import ShapeError
 from .base import Backprop, Layer
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "GELU", "sigmoid"]
@@ -69,6 +70,13 @@ class Softmax(Layer):
 
     def __init__(self, axis: int = -1) -> None:
         self.axis = int(axis)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._check_rank(input_shape)
+        if not -len(input_shape) <= self.axis < len(input_shape):
+            raise ShapeError(f"{self.describe()}: axis {self.axis} is out of range for a rank-{len(input_shape)} "
+                             f"input (shape {tuple(input_shape)})")
+        return tuple(input_shape)
 
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         xp = array_namespace(x)

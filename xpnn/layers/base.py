@@ -10,8 +10,10 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
 
+from array_api_compat import array_namespace
+
 from .. import backend
-from ..errors import ShapeError
+from ..errors import DataError, ShapeError
 
 Backprop = Callable[[Any], Any]
 
@@ -131,6 +133,29 @@ class LoadReport:
             parts.append("different shapes: " + ", ".join(f"{name} (saved {saved}, model {mine})"
                                                          for name, saved, mine in self.mismatched))
         return "; ".join(parts)
+
+
+def _check_real_array(key: str, value: Any) -> None:
+    """TypeError naming ``key`` unless ``value`` is an array of real numbers (not bool, complex, objects)."""
+    try:
+        real = backend.is_array(value) and backend.dtype_name(value.dtype) != "bool"
+    except TypeError:  # a dtype that is not a real number type
+        real = False
+    if not real:
+        kind = str(value.dtype) if backend.is_array(value) else type(value).__name__
+        raise TypeError(f"{key} must be an array of real numbers, got {kind}")
+
+
+def _check_fits_dtype(key: str, value: Any, dtype: Any) -> None:
+    """DataError naming ``key`` if ``value`` holds finite values that ``dtype`` cannot hold: the
+    cast would silently turn them into inf."""
+    xp = array_namespace(value)
+    source, target = backend.dtype_name(value.dtype), backend.dtype_name(dtype)
+    if not (source.startswith("float") and target.startswith("float")):
+        return
+    largest = xp.finfo(getattr(xp, target)).max
+    if largest < xp.finfo(value.dtype).max and bool(xp.any(xp.isfinite(value) & (xp.abs(value) > largest))):
+        raise DataError(f"{key} holds values too large for {target} (beyond {largest:.3g}, they would become inf)")
 
 
 class Layer:
@@ -264,16 +289,22 @@ class Layer:
 
         ``strict=True`` requires exactly the model's names and shapes. ``strict=False`` loads every
         entry whose name and shape match and leaves the rest; it raises if nothing matched. Every
-        array is checked and moved before any is assigned, so a refused load changes nothing.
+        array is checked and moved before any is assigned, so a refused load changes nothing: a
+        value the model names that is not an array of real numbers raises TypeError, one holding
+        finite values its dtype cannot hold (float64 beyond float32's range) raises
+        :class:`~xpnn.errors.DataError` instead of loading them as inf.
         """
         mine = self.named_state()
         report = LoadReport()
         for key, value in mine.items():
             if key not in arrays:
                 report.missing.append(key)
-            elif tuple(arrays[key].shape) != tuple(value.shape):
+                continue
+            _check_real_array(key, arrays[key])
+            if tuple(arrays[key].shape) != tuple(value.shape):
                 report.mismatched.append((key, tuple(int(d) for d in arrays[key].shape), tuple(value.shape)))
             else:
+                _check_fits_dtype(key, arrays[key], value.dtype)
                 report.loaded.append(key)
         report.unexpected = [key for key in arrays if key not in mine]
         if strict and (report.missing or report.unexpected or report.mismatched):

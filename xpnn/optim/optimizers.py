@@ -184,6 +184,8 @@ class Optimizer:
         """
         by_key: dict[tuple[str, str, int], list[Parameter]] = {}
         for param in active:
+            if not self._fits(self.state.get(param.name, {}), param.shape):
+                del self.state[param.name]  # a new parameter under an old name (a new head)
             state = self.state.get(param.name, {})
             where = backend.device_of(param.value)
             step = int(state.get("step", 0)) if self._counts_steps else 0
@@ -213,6 +215,11 @@ class Optimizer:
                         self.state[param.name] = entries
             groups.append(_FlatGroup(where, xp, members, flat, state, step))
         return groups
+
+    def _fits(self, entries: Mapping[str, Any], shape: Sequence[int]) -> bool:
+        """Whether a parameter's state arrays have its shape. They do not when a new parameter took
+        an old one's name (a new head): that state is dropped, never reused."""
+        return all(tuple(entries[key].shape) == tuple(shape) for key in self._state_arrays() if key in entries)
 
     def _check_names(self, params: Sequence[Parameter]) -> None:
         """State is keyed by name, so two parameters with one name would share it: refuse that.
@@ -272,8 +279,8 @@ class Optimizer:
             if set(entries) != expected:
                 raise ValueError(f"{owner}: parameter {pname!r} has state {sorted(entries)}, expected {sorted(expected)}")
             value = by_name[pname].value
-            if any(tuple(entries[key].shape) != tuple(value.shape) for key in arrays):
-                continue  # the parameter was replaced under the same name (a new head): its old state is dropped
+            if not self._fits(entries, value.shape):
+                continue
             xp = array_namespace(value)
             where = backend.device_of(value)
             restored[pname] = {"step": int(entries["step"])} if self._counts_steps else {}

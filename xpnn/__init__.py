@@ -1,7 +1,8 @@
 """xpnn: small, fast, honest neural networks on any array-API library (NumPy, CuPy, ...).
 
 The public names and submodules below are imported on first use (PEP 562): ``xpnn.data``,
-``xpnn.zoo`` or ``xpnn.save`` work after a bare ``import xpnn``, which itself is instant, so the ``xpnn`` command can answer Ctrl-C with one line even while NumPy is still loading.
+``xpnn.zoo`` or ``xpnn.save`` work after a bare ``import xpnn``, which itself is instant, so the
+``xpnn`` command can answer Ctrl-C with one line even while NumPy is still loading.
 """
 from __future__ import annotations
 

@@ -48,9 +48,9 @@ class Sequential(Layer):
         self._order = _execution_order(self.layers)
         self._name_tree()
         #: one sample's shape (no batch axis), where something fixes it: the layers themselves
-        #: (:meth:`fixed_input_shape`), ``build`` (zoo builders, ``fit``, ``predict``, a model file) or
+        #: (see :meth:`_fixed_input_shape`), ``build`` (zoo builders, ``fit``, ``predict``, a model file) or
         #: the first call; None until then. ONNX export and ``summary`` use it.
-        self.input_shape: tuple[int, ...] | None = self.fixed_input_shape()
+        self.input_shape: tuple[int, ...] | None = self._fixed_input_shape()
         self.loss: Any = None
         self.optimizer: Any = None
         self.history: Any = None
@@ -155,7 +155,7 @@ class Sequential(Layer):
             shapes.append(shape)
         return shapes
 
-    def fixed_input_shape(self) -> tuple[int, ...] | None:
+    def _fixed_input_shape(self) -> tuple[int, ...] | None:
         """The sample shape the layers themselves fix, else None: ``(in_features,)`` when the first
         layer with parameters is a Linear and every layer before it keeps its input's shape (a Conv2D
         fixes only the channels; after a Flatten any shape with that many values fits)."""

@@ -43,12 +43,13 @@ def limit(x: np.ndarray, y: np.ndarray, count: int | None) -> tuple[np.ndarray, 
 
 
 def write_sample_folder(root: "str | os.PathLike[str]", classes: dict[str, str],
-                        image: Callable[[np.ndarray, np.random.Generator], Image.Image], seed: int = 0) -> Path:
+                        image: Callable[[np.ndarray, np.random.Generator], Image.Image], seed: int = 0,
+                        per_class: int | None = None) -> Path:
     """Write the shipped Fashion-MNIST sample images (train and test) of some classes as PNG files.
 
     ``classes`` maps a folder name to a class of :data:`FASHION_MNIST_CLASSES`; ``image`` turns one
-    28x28 uint8 array into a Pillow image. The result, ``root/<folder>/<n>.png``, is an ordinary
-    image folder for :class:`xpnn.data.ImageFolder`.
+    28x28 uint8 array into a Pillow image; ``per_class`` keeps only the first images of each class.
+    The result, ``root/<folder>/<n>.png``, is an ordinary image folder for :class:`xpnn.data.ImageFolder`.
     """
     (x_train, y_train), (x_test, y_test) = fashion_mnist_sample()
     x, y = np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
@@ -56,7 +57,7 @@ def write_sample_folder(root: "str | os.PathLike[str]", classes: dict[str, str],
     root = Path(root)
     for folder, name in classes.items():
         (root / folder).mkdir(parents=True, exist_ok=True)
-        for n, pixels in enumerate(x[y == FASHION_MNIST_CLASSES.index(name)]):
+        for n, pixels in enumerate(x[y == FASHION_MNIST_CLASSES.index(name)][:per_class]):
             image(pixels[0], rng).save(root / folder / f"{n:04d}.png")
     return root
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
+
+import xpnn
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,3 +73,36 @@ def test_the_checker_runs_as_a_command():
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "declared late delegation: xpnn.layers.container -> xpnn.train.loop" in result.stdout
+
+
+_RESOLVE = """
+import functools, json, sys
+import xpnn
+eager = sorted(name for name in sys.modules if name.startswith("xpnn."))
+unresolved = {}
+for name in json.loads(sys.argv[1]):
+    try:
+        found = functools.reduce(getattr, name.split(".")[1:], xpnn)
+    except AttributeError as exc:
+        unresolved[name] = str(exc)
+    else:
+        if found is not sys.modules.get(name):
+            unresolved[name] = repr(found)
+print(json.dumps({"eager": eager, "unresolved": unresolved}))
+"""
+
+
+def test_every_public_module_is_an_attribute_after_import_xpnn():
+    """In a fresh interpreter ``import xpnn`` imports no submodule (the command starts fast), and then
+    every module without a private part in its name resolves as attributes from the package
+    (``xpnn.data.images``, ``xpnn.cli.train``); the top-level ones are listed in ``__all__`` and ``dir()``."""
+    names = sorted(info.name for info in pkgutil.walk_packages(xpnn.__path__, "xpnn.")
+                   if not any(part.startswith("_") for part in info.name.split(".")))
+    assert {"xpnn.data", "xpnn.zoo", "xpnn.metrics", "xpnn.distributed", "xpnn.io", "xpnn.data.images"} <= set(names)
+    done = subprocess.run([sys.executable, "-c", _RESOLVE, json.dumps(names)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result == {"eager": [], "unresolved": {}}
+    top_level = {name.split(".")[1] for name in names}
+    assert top_level <= set(xpnn.__all__) and top_level <= set(dir(xpnn)), top_level - set(xpnn.__all__)

@@ -125,6 +125,27 @@ def test_branch_shape_mismatch_names_both_shapes_and_the_path(rng):
         Residual(3)
 
 
+def test_the_input_shape_is_known_where_the_layers_fix_it(rng):
+    """A first Linear (after layers that keep the shape, inside containers too) fixes (in_features,);
+    a Conv2D fixes only the channels, and after a Flatten any shape with that many values fits."""
+    assert Sequential([layers.Linear(7, 9), layers.ReLU(), layers.Linear(9, 2)]).input_shape == (7,)
+    assert Sequential([layers.Dropout(0.1), Sequential([layers.GELU(), layers.Linear(5, 2)])]).input_shape == (5,)
+    assert Sequential([Residual([layers.Linear(4, 4)]), layers.Linear(4, 1)]).input_shape == (4,)
+    assert Sequential([layers.Flatten(), layers.Linear(4, 2)]).input_shape is None
+    model = small_resnet()
+    assert model.input_shape is None
+    with pytest.raises(ShapeError, match=r"the input shape of this model is unknown: pass summary\(input_shape="):
+        model.summary(print_fn=None)
+    model(rng.standard_normal((2, 1, 6, 6)).astype(np.float32))  # the first call that runs records it
+    assert model.input_shape == (1, 6, 6)
+    model(rng.standard_normal((2, 1, 8, 8)).astype(np.float32))  # later calls leave it
+    assert model.input_shape == (1, 6, 6) and "(N, 3, 3, 3)" in model.summary(print_fn=None)
+    fresh = small_resnet()
+    with pytest.raises(ShapeError):  # a call that fails records nothing
+        fresh(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
+    assert fresh.input_shape is None
+
+
 def test_summary_shows_the_tree_and_trainable_counts():
     model = small_resnet()
     model.layers[3].trainable = False

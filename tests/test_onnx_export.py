@@ -37,10 +37,11 @@ def session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def export_and_compare(model, tmp_path, input_shape, opset=17, batches=BATCHES, scale=1.0, **kwargs):
-    """Export, check, and compare onnxruntime with ``model.predict`` on seeded batches; returns the
-    loaded ONNX model."""
-    path = export_onnx(model, tmp_path / "model.onnx", opset, input_shape=input_shape, **kwargs)
+def export_and_compare(model, tmp_path, input_shape, opset=17, batches=BATCHES, scale=1.0, pass_shape=True, **kwargs):
+    """Export, check, and compare onnxruntime with ``model.predict`` on seeded batches of
+    ``input_shape``; returns the loaded ONNX model. ``pass_shape=False`` leaves the shape to the model."""
+    shape = {"input_shape": input_shape} if pass_shape else {}
+    path = export_onnx(model, tmp_path / "model.onnx", opset, **shape, **kwargs)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     runner = session(path)
@@ -293,6 +294,72 @@ def test_residual_blocks_export(tmp_path):
     assert ops(proto).count("Add") == 2
 
 
+# --------------------------------------------------------------------------- the input shape
+
+
+def conv_pool_stack():
+    return xpnn.Sequential([Conv2D(2, 4, 3, padding=1), ReLU(), MaxPool2D(2), Conv2D(4, 3, 3, padding=1), AvgPool2D(3),
+                            Flatten(), Linear(3, 2)])
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: zoo.resnet((3, 16, 16), 2, widths=(4, 8), blocks=(1, 1)), (3, 16, 16)),
+    (lambda: xpnn.Sequential([Linear(7, 9), ReLU(), Dropout(0.5), Linear(9, 3)]), (7,)),
+    (lambda: xpnn.Sequential([Sigmoid(), xpnn.Sequential([Linear(5, 4), Tanh()]), Linear(4, 2)]), (5,)),
+], ids=["zoo-resnet", "dense-stack", "nested-dense-stack"])
+def test_models_that_determine_their_input_export_without_being_told(make, shape, tmp_path):
+    """zoo builders record the shape they were built for; a first Linear fixes (in_features,)."""
+    xpnn.seed(0)
+    model = make()
+    assert model.input_shape == shape
+    proto = export_and_compare(model, tmp_path, shape, pass_shape=False)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == list(shape)
+
+
+def test_a_convolution_stack_takes_its_shape_at_export(tmp_path):
+    """A Conv2D fixes only the channels: the error asks for input_shape, which then exports any size that fits."""
+    model = conv_pool_stack()
+    assert model.input_shape is None
+    with pytest.raises(OnnxExportError, match=r"input shape is unknown: pass input_shape=\(C, H, W\)"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
+    for shape in ((2, 6, 6), (2, 7, 9)):
+        export_and_compare(model, tmp_path, shape)
+
+
+def _fitted(model, shape):
+    x = np.random.default_rng(1).standard_normal((16, *shape)).astype(np.float32)
+    model.fit(x, np.arange(16) % 2, loss="cross_entropy", epochs=1, batch_size=8, seed=0, verbose=0)
+
+
+def _predicted_at_another_size(model, shape):
+    model.predict(np.zeros((2, shape[0], shape[1] + 4, shape[2] + 4), np.float32))
+
+
+def _called(model, shape):
+    model(xpnn.to_device(np.ones((3, *shape), np.float32)))
+
+
+@pytest.mark.parametrize("make, shape, use", [
+    (lambda: zoo.resnet((3, 16, 16), 2, widths=(4, 8), blocks=(1, 1)), (3, 16, 16), _fitted),
+    (lambda: zoo.resnet((3, 16, 16), 2, widths=(4, 8), blocks=(1, 1)), (3, 16, 16), _predicted_at_another_size),
+    (lambda: xpnn.Sequential([Linear(7, 9), ReLU(), Linear(9, 2)]), (7,), _fitted),
+    (conv_pool_stack, (2, 6, 6), _called),
+    (conv_pool_stack, (2, 6, 6), _fitted),
+], ids=["resnet-fitted", "resnet-predicted-at-20x20", "dense-fitted", "conv-called", "conv-fitted"])
+def test_a_saved_and_reloaded_model_exports_the_same_graph(make, shape, use, tmp_path):
+    """Whatever shape fit, predict or a direct call leaves on the model, its file keeps it."""
+    xpnn.seed(0)
+    model = make()
+    use(model, shape)
+    before = onnx.load(str(export_onnx(model, tmp_path / "before.onnx")))
+    after = onnx.load(str(export_onnx(xpnn.load(xpnn.save(model, tmp_path / "m.npz")), tmp_path / "after.onnx")))
+    assert after.graph.SerializeToString() == before.graph.SerializeToString()
+    assert metadata(after) == metadata(before)
+    assert json.loads(metadata(after)["input_shape"])[1:] == list(model.input_shape)
+
+
 # --------------------------------------------------------------------------- the file
 
 
@@ -432,6 +499,24 @@ def test_export_command_writes_a_checked_file_and_keeps_an_existing_one(model_fi
     assert out.read_bytes() == before
     assert main(["export", str(model_file), str(out), "--force"]) == 0
     assert onnx.load(str(out)).opset_import[0].version == 17
+
+
+def test_export_command_takes_the_input_shape_a_file_does_not_record(tmp_path, capsys):
+    path = xpnn.save(conv_pool_stack(), tmp_path / "convs.npz")
+    out = tmp_path / "convs.onnx"
+    assert main(["export", str(path), str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"xpnn: error: {path} does not record the shape of the model's input: pass --input-shape C,H,W (one sample, "
+        f"no batch axis; for a dense model the feature count)")
+    for bad in ("2,x,6", "2,0,6", ""):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", str(path), str(out), "--input-shape", bad])
+        assert exit_info.value.code == 2
+        assert f"expected positive integers separated by commas, like 3,64,64, got {bad!r}" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["export", str(path), str(out), "--input-shape", "2,6,6"]) == 0
+    x = np.random.default_rng(0).random((3, 2, 6, 6), dtype=np.float32)
+    np.testing.assert_allclose(session(out).run(None, {"input": x})[0], xpnn.load(path).predict(x), **TOLERANCE)
 
 
 def test_export_command_errors_are_one_line(model_file, tmp_path, capsys):

@@ -6,6 +6,20 @@ import xpnn
 from xpnn import layers, optim, zoo
 
 
+@pytest.mark.parametrize("make, shape", [
+    (lambda: zoo.fashion_cnn(channels=3, image_size=12), (3, 12, 12)),
+    (lambda: zoo.tutorial_cnn(channels=1, image_size=10), (1, 10, 10)),
+    (lambda: zoo.catdog_cnn(24, channels=1), (1, 24, 24)),
+    (lambda: zoo.catdog_bn_cnn(32, channels=3), (3, 32, 32)),
+    (lambda: zoo.resnet((3, 20, 24), 2, widths=(4, 8), blocks=(1, 1)), (3, 20, 24)),
+    (lambda: zoo.tutorial_mlp(12288), (12288,)),
+    (lambda: zoo.dense_mlp(784), (784,)),
+    (lambda: zoo.build("mlp", (1, 28, 28), 10), (1, 28, 28)),
+])
+def test_every_builder_records_the_input_it_was_built_for(make, shape):
+    assert make().input_shape == shape
+
+
 def test_fashion_cnn_batch_norm_puts_a_bias_free_conv_before_each_batch_norm():
     model = zoo.build("cnn-bn", (1, 28, 28), 10)
     kinds = [type(layer).__name__ for layer in model.layers]

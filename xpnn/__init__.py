@@ -1,7 +1,8 @@
 """xpnn: small, fast, honest neural networks on any array-API library (NumPy, CuPy, ...).
 
-The public names below are imported on first use (PEP 562), so ``import xpnn`` is instant and
-the ``xpnn`` command can answer Ctrl-C with one line even while NumPy is still loading.
+The public names and submodules below are imported on first use (PEP 562): ``xpnn.data``,
+``xpnn.zoo`` or ``xpnn.save`` work after a bare ``import xpnn``, which itself is instant, so the
+``xpnn`` command can answer Ctrl-C with one line even while NumPy is still loading.
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ _EXPORTS = {
     "Callback": "train", "EarlyStopping": "train", "History": "train", "ModelCheckpoint": "train",
     "export_onnx": "onnx_export",
 }
-_SUBMODULES = ("datasets", "layers", "losses", "optim")
+#: every public submodule, reachable as ``xpnn.NAME`` (imported on first use like the names above)
+_SUBMODULES = ("backend", "cli", "data", "datasets", "distributed", "errors", "files", "init", "instrumented", "io",
+               "layers", "losses", "metrics", "model", "onnx_export", "optim", "testing", "train", "validation", "zoo")
 
-__all__ = ["datasets", "layers", "losses", "optim", "Device", "DeviceError", "set_device", "get_device", "current_device",
+__all__ = [*_SUBMODULES, "Device", "DeviceError", "set_device", "get_device", "current_device",
            "use_device", "devices", "to_device", "to_numpy", "seed", "Sequential", "mlp", "save", "load",
            "load_checkpoint", "History", "Callback", "EarlyStopping", "ModelCheckpoint", "export_onnx", "__version__"]
 

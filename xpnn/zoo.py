@@ -1,7 +1,9 @@
 """Ready-made networks for NCHW images, by name: what ``xpnn train --model NAME`` builds.
 
 Every builder returns an untrained :class:`~xpnn.Sequential` ending in logits: one output per
-class, or a single logit for two classes where the network is the tutorials' binary one. Pair
+class, or a single logit for two classes where the network is the tutorials' binary one, built
+for the input it was made for (``model.input_shape``: ``(C, H, W)``, or ``(n_in,)`` for the MLPs), so
+it exports to ONNX and prints its summary as it is. Pair
 it with :func:`loss_for` (cross-entropy from logits). Weights are drawn from xpnn's seeded host
 generator, so ``xpnn.seed(n)`` fixes them on every device.
 """
@@ -18,6 +20,12 @@ from .model import Sequential, mlp
 
 __all__ = ["fashion_cnn", "tutorial_cnn", "catdog_cnn", "catdog_bn_cnn", "resnet", "tutorial_mlp", "dense_mlp", "MODELS",
            "build", "loss_for"]
+
+
+def _built(model: Sequential, input_shape: Sequence[int]) -> Sequential:
+    """``model``, checked for and remembering samples of ``input_shape``."""
+    model.build(input_shape)
+    return model
 
 
 def _check_size(name: str, image_size: int, factor: int) -> None:
@@ -40,7 +48,8 @@ def fashion_cnn(classes: int = 10, channels: int = 1, image_size: int = 28, drop
         blocks.append(Conv2D(c_in, c_out, 3, padding="same", bias=not batch_norm))
         blocks += [BatchNorm2D(c_out)] if batch_norm else []
         blocks += [ReLU(), MaxPool2D(2)]
-    return Sequential([*blocks, Flatten(), Linear(features, 128), ReLU(), *head, Linear(128, classes)])
+    return _built(Sequential([*blocks, Flatten(), Linear(features, 128), ReLU(), *head, Linear(128, classes)]),
+                  (channels, image_size, image_size))
 
 
 def tutorial_cnn(classes: int = 10, channels: int = 1, image_size: int = 28) -> Sequential:
@@ -49,7 +58,8 @@ def tutorial_cnn(classes: int = 10, channels: int = 1, image_size: int = 28) -> 
     side = (image_size - 2) // 2
     if side < 1:
         raise ValueError(f"model 'tutorial-cnn' needs images of at least 4x4, got {image_size}")
-    return Sequential([Conv2D(channels, 8, 3), MaxPool2D(2), Flatten(), Linear(8 * side * side, classes)])
+    return _built(Sequential([Conv2D(channels, 8, 3), MaxPool2D(2), Flatten(), Linear(8 * side * side, classes)]),
+                  (channels, image_size, image_size))
 
 
 def catdog_cnn(image_size: int = 128, channels: int = 3, classes: int = 2) -> Sequential:
@@ -65,7 +75,8 @@ def catdog_cnn(image_size: int = 128, channels: int = 3, classes: int = 2) -> Se
     for c_in, c_out in zip((channels, 32, 64), (32, 64, 128)):
         layers += [Conv2D(c_in, c_out, 3), ReLU(), MaxPool2D(2)]
     out = 1 if classes == 2 else classes
-    return Sequential([*layers, Flatten(), Linear(128 * side * side, 256), ReLU(), Linear(256, out)])
+    return _built(Sequential([*layers, Flatten(), Linear(128 * side * side, 256), ReLU(), Linear(256, out)]),
+                  (channels, image_size, image_size))
 
 
 def catdog_bn_cnn(image_size: int = 64, channels: int = 3, classes: int = 2) -> Sequential:
@@ -77,7 +88,8 @@ def catdog_bn_cnn(image_size: int = 64, channels: int = 3, classes: int = 2) -> 
     widths = (32, 64, 128, 128)
     for c_in, c_out in zip((channels, *widths[:-1]), widths):
         layers += [Conv2D(c_in, c_out, 3, padding="same", bias=False), BatchNorm2D(c_out), ReLU(), MaxPool2D(2)]
-    return Sequential([*layers, GlobalAvgPool2D(), Dropout(0.3), Linear(widths[-1], classes)])
+    return _built(Sequential([*layers, GlobalAvgPool2D(), Dropout(0.3), Linear(widths[-1], classes)]),
+                  (channels, image_size, image_size))
 
 
 def basic_block(c_in: int, c_out: int, stride: int = 1, checkpoint: bool = False) -> Residual:
@@ -122,23 +134,23 @@ def resnet(input_shape: Sequence[int], classes: int, widths: Sequence[int] = (32
             stages.append(basic_block(c_in, int(width), stride, checkpoint))
             c_in = int(width)
     head: list[Layer] = [GlobalAvgPool2D(), *([Dropout(dropout)] if dropout else []), Linear(c_in, classes)]
-    return Sequential([*stem, *stages, *head])
+    return _built(Sequential([*stem, *stages, *head]), (c, h, w))
 
 
-def _flattened(model: Sequential) -> Sequential:
-    return Sequential([Flatten(), *model.layers])
+def _flattened(model: Sequential, n_in: int) -> Sequential:
+    return _built(Sequential([Flatten(), *model.layers]), (n_in,))
 
 
 def tutorial_mlp(n_in: int, classes: int = 2) -> Sequential:
     """The tutorials' L-layer network [n_in, 20, 7, 5, 1] (two classes, one logit) or
     [n_in, 20, 7, 5, classes], ReLU hidden layers, their scaled-normal ("lecun") init, on flattened images."""
     out = 1 if classes == 2 else classes
-    return _flattened(mlp([n_in, 20, 7, 5, out], init="lecun"))
+    return _flattened(mlp([n_in, 20, 7, 5, out], init="lecun"), n_in)
 
 
 def dense_mlp(n_in: int, classes: int = 10, hidden: Sequence[int] = (256, 128), dropout: float = 0.2) -> Sequential:
     """A plain multilayer perceptron on flattened images: [n_in, 256, 128, classes] with ReLU and dropout."""
-    return _flattened(mlp([n_in, *hidden, classes], dropout=dropout))
+    return _flattened(mlp([n_in, *hidden, classes], dropout=dropout), n_in)
 
 
 Builder = Callable[[tuple[int, int, int], int], Sequential]

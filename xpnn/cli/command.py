@@ -40,6 +40,17 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _sample_shape(text: str) -> tuple[int, ...]:
+    """``C,H,W`` (or ``FEATURES``): one sample's shape, positive integers."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, like 3,64,64, got {text!r}")
+    return shape
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--device", default=None,
@@ -122,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("onnx", metavar="MODEL.onnx", help="the file to write")
     export.add_argument("--opset", type=_positive, default=17, metavar="N", help="ONNX opset (default 17)")
     export.add_argument("--force", action="store_true", help="replace MODEL.onnx if it exists")
+    export.add_argument("--input-shape", type=_sample_shape, metavar="C,H,W",
+                        help="one input sample's shape, for a model file that does not record it")
     export.set_defaults(func=cmd_export)
     return parser
 

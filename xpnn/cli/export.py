@@ -47,6 +47,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.onnx)
     _check_output(Path(args.model), out, args.force)
     model = load_model(args.model, "cpu")
+    if args.input_shape:
+        model.build(args.input_shape)
+    elif model.input_shape is None:
+        raise CLIError(f"{args.model} does not record the shape of the model's input: pass --input-shape C,H,W "
+                       f"(one sample, no batch axis; for a dense model the feature count)")
     try:
         preprocessing = input_spec(model)
     except CLIError:  # not an image model: the file says what it can

@@ -51,7 +51,10 @@ class Sequential(Layer):
         self.checkpoint = _flag(checkpoint, "Sequential")
         self._order = _execution_order(self.layers)
         self._name_tree()
-        self.input_shape: tuple[int, ...] | None = None
+        #: one sample's shape (no batch axis), where something fixes it: the layers themselves
+        #: (see :meth:`_fixed_input_shape`), ``build`` (zoo builders, ``fit``, ``predict``, a model file) or
+        #: the first call; None until then. ONNX export and ``summary`` use it.
+        self.input_shape: tuple[int, ...] | None = self._fixed_input_shape()
         self.loss: Any = None
         self.optimizer: Any = None
         self.history: Any = None
@@ -67,6 +70,8 @@ class Sequential(Layer):
         device = self._check_input(x)
         with backend.device_context(device):
             y, backprop = self.forward(x, train=train, input_grad=input_grad)
+        if self.input_shape is None:  # the shape that just ran, for export and summary
+            self.input_shape = tuple(int(d) for d in x.shape[1:])
 
         def backprop_on_device(dy: Any) -> Any:
             with backend.device_context(device):
@@ -147,19 +152,31 @@ class Sequential(Layer):
 
     def output_shapes(self, sample_shape: Sequence[int] | None = None) -> list[tuple[int, ...]]:
         """The output shape of each child, for a batch of one sample of ``sample_shape``."""
-        sample_shape = sample_shape or self.input_shape or self._guess_input_shape()
+        sample_shape = sample_shape or self._known_input_shape()
         shape, shapes = (1, *sample_shape), []
         for layer in self.layers:
             shape = layer.output_shape(shape)
             shapes.append(shape)
         return shapes
 
-    def _guess_input_shape(self) -> tuple[int, ...]:
-        first = next((layer for _, layer in self.walk() if layer.param_names), None)
-        if isinstance(first, Linear):
-            return (first.in_features,)
-        raise ShapeError("the input shape of this model is unknown: pass summary(input_shape=(C, H, W)) "
-                         "or call model.build(sample_shape) first")
+    def _fixed_input_shape(self) -> tuple[int, ...] | None:
+        """The sample shape the layers themselves fix, else None: ``(in_features,)`` when the first
+        layer with parameters is a Linear and every layer before it keeps its input's shape (a Conv2D
+        fixes only the channels; after a Flatten any shape with that many values fits)."""
+        for _, layer in self.walk():
+            if layer.children():
+                continue
+            if layer.param_names:
+                return (layer.in_features,) if isinstance(layer, Linear) else None
+            if type(layer).output_shape is not Layer.output_shape:
+                return None
+        return None
+
+    def _known_input_shape(self) -> tuple[int, ...]:
+        if self.input_shape is None:
+            raise ShapeError("the input shape of this model is unknown: pass summary(input_shape=(C, H, W)) "
+                             "or call model.build(sample_shape) first")
+        return self.input_shape
 
     # ---- device and description -------------------------------------------------------------
 
@@ -201,7 +218,7 @@ class Sequential(Layer):
         """A tree of layers (by path), output shapes (batch axis as N) and parameter counts, with
         trainable and frozen totals; printed and returned. With ``batch_size``, also the training
         memory of a step of that size (:func:`xpnn.layers.memory_estimate`, for ``optimizer``'s state)."""
-        sample = tuple(input_shape or self.input_shape or self._guess_input_shape())
+        sample = tuple(input_shape or self._known_input_shape())
         rows = [("Path", "Layer", "Output shape", "Params")]
 
         def visit(layer: Layer, path: str, shape: tuple[int, ...], depth: int) -> None:

@@ -195,8 +195,7 @@ class Optimizer:
             return
         lr = self._lr
         groups = self._packed(active)
-        with backend.device_context(groups[0].device):
-            grads = self._clipped(groups, [self._gradients(group) for group in groups])
+        grads = self._clipped(groups, [self._gradients(group) for group in groups])
         for group, group_grads in zip(groups, grads):
             group.step += 1
             if is_numpy_namespace(group.xp):
@@ -219,45 +218,55 @@ class Optimizer:
         if is_numpy_namespace(group.xp):
             return [param.grad for param in group.params]
         xp = group.xp
-        grads = [xp.reshape(param.grad, (-1,)) for param in group.params]
-        return [grads[0] if len(grads) == 1 else xp.concat(grads)]
+        with backend.device_context(group.device):
+            grads = [xp.reshape(param.grad, (-1,)) for param in group.params]
+            return [grads[0] if len(grads) == 1 else xp.concat(grads)]
 
     def _clipped(self, groups: list[_FlatGroup], grads: list[list[Any]]) -> list[list[Any]]:
         """``grads`` (per group, as :meth:`_gradients` gives them) clipped as configured; the one place
         clipping happens, on the gradients the update is about to use. New arrays: a parameter's own
         ``grad`` is never changed."""
-        if self.clipvalue is not None:
-            c = self.clipvalue
-            return [[group.xp.minimum(group.xp.maximum(g, -c), c) for g in gs] for group, gs in zip(groups, grads)]
         if self.global_clipnorm is not None:
-            if len({group.device for group in groups}) > 1:
-                raise ValueError(f"{type(self).__name__}: global_clipnorm needs every parameter on one device, got "
-                                 f"{sorted({group.device.name for group in groups})}")
-            xp = groups[0].xp
-            squares = [xp.vecdot(flat, flat) for group, gs in zip(groups, grads)
-                       for flat in (xp.reshape(g, (-1,)) for g in gs)]
+            return self._clipped_globally(groups, grads)
+        if self.clipvalue is None and self.clipnorm is None:
+            return grads
+        clipped = []
+        for group, group_grads in zip(groups, grads):
+            xp, c = group.xp, self.clipvalue
+            with backend.device_context(group.device):
+                if c is not None:
+                    group_grads = [xp.minimum(xp.maximum(g, -c), c) for g in group_grads]
+                elif self.clipnorm is not None:
+                    group_grads = self._clipped_per_parameter(group, group_grads)
+            clipped.append(group_grads)
+        return clipped
+
+    def _clipped_globally(self, groups: list[_FlatGroup], grads: list[list[Any]]) -> list[list[Any]]:
+        """``global_clipnorm``: every gradient times ``min(1, c / (||all gradients|| + 1e-6))``, computed on
+        the device (the norm is never read back)."""
+        if len({group.device for group in groups}) > 1:
+            raise ValueError(f"{type(self).__name__}: global_clipnorm needs every parameter on one device, got "
+                             f"{sorted({group.device.name for group in groups})}")
+        xp = groups[0].xp
+        with backend.device_context(groups[0].device):
+            squares = [xp.vecdot(flat, flat) for gs in grads for flat in (xp.reshape(g, (-1,)) for g in gs)]
             total = squares[0] if len(squares) == 1 else xp.sum(xp.stack([xp.astype(v, xp.float32) for v in squares]))
             coef = xp.minimum(self.global_clipnorm / (xp.sqrt(total) + 1e-6), 1.0)
             return [[g * xp.astype(coef, g.dtype) for g in gs] for gs in grads]
-        if self.clipnorm is not None:
-            return [self._clipped_per_parameter(group, gs) for group, gs in zip(groups, grads)]
-        return grads
 
     def _clipped_per_parameter(self, group: _FlatGroup, grads: list[Any]) -> list[Any]:
-        """Keras' ``clipnorm``: each parameter's gradient times ``c / max(||g||, c)``."""
+        """Keras' ``clipnorm``: each parameter's gradient times ``c / max(||g||, c)`` (in the group's device context)."""
         xp, c = group.xp, self.clipnorm
         if is_numpy_namespace(xp):
             return [g * (c / xp.maximum(xp.sqrt(xp.vecdot(xp.reshape(g, (-1,)), xp.reshape(g, (-1,)))), c))
                     for g in grads]
         flat = grads[0]
-        with backend.device_context(group.device):
-            if group.sizes is None:
-                group.sizes = xp.asarray([param.size for param in group.params], dtype=xp.int64,
-                                         device=device_of(flat))
-            parts = [flat[lo:hi] for lo, hi in _bounds(group.params)]
-            norms = xp.sqrt(xp.stack([xp.vecdot(part, part) for part in parts]))
-            scale = c / xp.maximum(norms, c)
-            return [flat * xp.repeat(scale, group.sizes)]
+        if group.sizes is None:
+            group.sizes = xp.asarray([param.size for param in group.params], dtype=xp.int64, device=device_of(flat))
+        parts = [flat[lo:hi] for lo, hi in _bounds(group.params)]
+        norms = xp.sqrt(xp.stack([xp.vecdot(part, part) for part in parts]))
+        scale = c / xp.maximum(norms, c)
+        return [flat * xp.repeat(scale, group.sizes)]
 
     def zero_grad(self, params: Iterable[Parameter]) -> None:
         """Drop every gradient, so the next backward pass starts from nothing."""

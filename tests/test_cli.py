@@ -275,6 +275,18 @@ def test_training_options_are_recorded_shown_and_resumed_exactly(tmp_path):
     assert_user_error(changed, "--clip-norm 2.0 differs from the run being resumed (0.5)")
 
 
+def test_a_checkpoint_from_before_the_training_options_resumes_with_their_defaults(tmp_path):
+    run = tmp_path / "old"
+    xpnn_cmd("train", "--model", "mlp", "--limit", "100", "--quiet", "--epochs", "1", "--out", run)
+    model, optimizer, meta = xpnn.load_checkpoint(run / "checkpoint.npz")
+    for key in ("schedule", "warmup_epochs", "weight_decay", "clip_norm", "label_smoothing", "class_weight", "plateau"):
+        del meta["settings"][key]
+    xpnn.save(model, run / "checkpoint.npz", optimizer=optimizer, metadata=meta)
+    xpnn_cmd("train", "--resume", run, "--epochs", "2", "--quiet")
+    settings = json.loads((run / "run.json").read_text())["settings"]
+    assert settings["schedule"] == "constant" and settings["clip_norm"] is None and settings["label_smoothing"] == 0
+
+
 def test_bad_training_options_write_nothing(tmp_path):
     proc = xpnn_cmd("train", "--limit", "100", "--schedule", "cosine", "--epochs", "2", "--warmup-epochs", "2",
                     "--out", tmp_path / "run", check=False)

@@ -1,6 +1,6 @@
 """Array operations (GPU kernel launches) and host reads in one training step, counted on the CPU.
 
-    python benchmarks/count_ops.py [--only fashion catdog] [--optimizer adam] [--by-name]
+    python benchmarks/count_ops.py [--only fashion catdog] [--optimizer adam] [--class-weight] [--by-name]
 
 Each workload runs on :mod:`xpnn.instrumented`, an array-API namespace over NumPy that counts
 every call that would launch a kernel or a copy on a GPU (views, ``empty`` and no-op casts are
@@ -39,7 +39,11 @@ WORKLOADS = {
 }
 OPTIMIZERS = {"adam": lambda: optim.Adam(lr=1e-3), "sgd": lambda: optim.SGD(lr=0.01),
               "momentum": lambda: optim.SGD(lr=0.01, momentum=0.9), "adamw": lambda: optim.AdamW(lr=1e-3),
-              "rmsprop": lambda: optim.RMSprop(lr=1e-3)}
+              "rmsprop": lambda: optim.RMSprop(lr=1e-3),
+              "adam-global-clipnorm": lambda: optim.Adam(lr=1e-3, global_clipnorm=1.0),
+              "adam-clipnorm": lambda: optim.Adam(lr=1e-3, clipnorm=1.0),
+              "adam-clipvalue": lambda: optim.Adam(lr=1e-3, clipvalue=1.0),
+              "adam-cosine-warmup": lambda: optim.Adam(optim.CosineDecay(1e-3, 10, warmup_epochs=1))}
 
 
 def data(shape: tuple[int, ...], classes: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,8 +85,9 @@ def count_core(name: str, optimizer: str) -> dict:
     return {"title": title, "batch": batch, "phases": phases}
 
 
-def count_fit(name: str, optimizer: str) -> tuple[dict, dict]:
-    """Per-step operations and host reads of ``fit``: the difference of 3 and 1 batches, halved."""
+def count_fit(name: str, optimizer: str, class_weight: bool = False) -> tuple[dict, dict]:
+    """Per-step operations and host reads of ``fit``: the difference of 3 and 1 batches, halved
+    (``class_weight``: with ``class_weight="balanced"``, so each batch carries sample weights)."""
     title, build, shape, classes, batch = WORKLOADS[name]
     results = []
     saved = loop.SYNC_SECONDS
@@ -97,7 +102,8 @@ def count_fit(name: str, optimizer: str) -> tuple[dict, dict]:
                 x_host, y_host = data(shape, classes, batch * batches)
                 xp.reset()
                 model.fit(x_host, y_host, loss=zoo.loss_for(model), optimizer=OPTIMIZERS[optimizer](), epochs=1,
-                          batch_size=batch, shuffle=False, verbose=0, scale="unit")
+                          batch_size=batch, shuffle=False, verbose=0, scale="unit",
+                          class_weight="balanced" if class_weight else None)
             results.append((dict(xp.ops), dict(xp.host_reads)))
     finally:
         loop.SYNC_SECONDS = saved
@@ -114,6 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=sorted(WORKLOADS), default=["fashion", "catdog"])
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    parser.add_argument("--class-weight", action="store_true",
+                        help="fit with class_weight='balanced' (the loss weighs each sample)")
     parser.add_argument("--by-name", action="store_true", help="also list the operations of a fit step by name")
     args = parser.parse_args()
     print(f"xpnn {xpnn.__version__}: array operations per training step, {args.optimizer}, float32")
@@ -122,7 +130,7 @@ def main() -> None:
     for name in args.only:
         core = count_core(name, args.optimizer)
         totals = {phase: sum(ops.values()) for phase, ops in core["phases"].items()}
-        fit_ops, fit_reads = count_fit(name, args.optimizer)
+        fit_ops, fit_reads = count_fit(name, args.optimizer, args.class_weight)
         print(f"{core['title']:<42} {core['batch']:>5} {totals['forward']:>7} {totals['loss']:>5} "
               f"{totals['backward']:>8} {totals['optimizer']:>6} {sum(totals.values()):>5} "
               f"{sum(fit_ops.values()):>8g} {sum(fit_reads.values()):>10g}", flush=True)

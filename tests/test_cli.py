@@ -244,6 +244,64 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     assert_user_error(again, "already trained 2 epoch(s)", "--epochs")
 
 
+RECIPE = ["--model", "mlp", "--limit", "200", "--quiet", "--lr", "1.0", "--schedule", "constant", "--warmup-epochs", "0.5",
+          "--clip-norm", "0.5", "--plateau", "1", "--label-smoothing", "0.1", "--class-weight", "balanced",
+          "--weight-decay", "0.001"]
+
+
+def test_training_options_are_recorded_shown_and_resumed_exactly(tmp_path):
+    xpnn_cmd("train", *RECIPE, "--epochs", "4", "--out", tmp_path / "straight")
+    xpnn_cmd("train", *RECIPE, "--epochs", "3", "--out", tmp_path / "resumed")
+    xpnn_cmd("train", "--resume", tmp_path / "resumed", "--epochs", "4", "--quiet")
+    a, b = weights(tmp_path / "straight" / "checkpoint.npz"), weights(tmp_path / "resumed" / "checkpoint.npz")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    history = json.loads((tmp_path / "straight" / "history.json").read_text())
+    assert history == json.loads((tmp_path / "resumed" / "history.json").read_text()) | {
+        "seconds": history["seconds"], "samples_per_second": history["samples_per_second"]}
+    assert history["lr"][0] == pytest.approx(1.0 / 2.5) and history["lr"][0] < history["lr_last"][0]  # the warmup
+    assert history["lr"][2:] == pytest.approx([1.0, 0.1])  # the plateau lowered the rate after epoch 3
+    settings = json.loads((tmp_path / "resumed" / "run.json").read_text())["settings"]
+    assert {k: settings[k] for k in ("schedule", "warmup_epochs", "clip_norm", "plateau", "label_smoothing",
+                                     "class_weight", "weight_decay")} == {
+        "schedule": "constant", "warmup_epochs": 0.5, "clip_norm": 0.5, "plateau": 1, "label_smoothing": 0.1,
+        "class_weight": "balanced", "weight_decay": 0.001}
+    info = xpnn_cmd("info", tmp_path / "resumed" / "checkpoint.npz").stdout
+    assert ("warmup 0.5 epoch(s), weight decay 0.001, clip norm 0.5, label smoothing 0.1, balanced "
+            "class weights, lr x0.1 after 1 epoch(s) without improvement") in info
+    assert "global_clipnorm=0.5" in info and "CrossEntropy(label_smoothing=0.1)" in info
+    meta = json.loads(xpnn_cmd("info", tmp_path / "resumed" / "checkpoint.npz", "--json").stdout)["metadata"]
+    assert meta["callbacks"]["plateau"]["wait"] == 0 and meta["epoch"] == 4
+    changed = xpnn_cmd("train", "--resume", tmp_path / "resumed", "--epochs", "5", "--clip-norm", "2", check=False)
+    assert_user_error(changed, "--clip-norm 2.0 differs from the run being resumed (0.5)")
+
+
+def test_a_checkpoint_from_before_the_training_options_resumes_with_their_defaults(tmp_path):
+    run = tmp_path / "old"
+    xpnn_cmd("train", "--model", "mlp", "--limit", "100", "--quiet", "--epochs", "1", "--out", run)
+    model, optimizer, meta = xpnn.load_checkpoint(run / "checkpoint.npz")
+    for key in ("schedule", "warmup_epochs", "weight_decay", "clip_norm", "label_smoothing", "class_weight", "plateau"):
+        del meta["settings"][key]
+    xpnn.save(model, run / "checkpoint.npz", optimizer=optimizer, metadata=meta)
+    xpnn_cmd("train", "--resume", run, "--epochs", "2", "--quiet")
+    settings = json.loads((run / "run.json").read_text())["settings"]
+    assert settings["schedule"] == "constant" and settings["clip_norm"] is None and settings["label_smoothing"] == 0
+
+
+def test_bad_training_options_write_nothing(tmp_path):
+    proc = xpnn_cmd("train", "--limit", "100", "--schedule", "cosine", "--epochs", "2", "--warmup-epochs", "2",
+                    "--out", tmp_path / "run", check=False)
+    assert_user_error(proc, "--warmup-epochs 2 must be less than --epochs 2")
+    assert not (tmp_path / "run").exists()
+    for option, value, message in (("--label-smoothing", "1.5", "expected a number in [0, 1], got '1.5'"),
+                                   ("--clip-norm", "0", "expected a number in (0, inf), got '0'"),
+                                   ("--weight-decay", "nan", "expected a number in [0, inf), got 'nan'"),
+                                   ("--class-weight", "even", "invalid choice: 'even'")):
+        proc = xpnn_cmd("train", option, value, "--out", tmp_path / "run", check=False)
+        assert proc.returncode == 2 and f"argument {option}: {message}" in proc.stderr, proc.stderr
+        assert not (tmp_path / "run").exists()
+
+
 def _default_sigint() -> None:
     """In the child: Ctrl-C raises KeyboardInterrupt even if this test run ignores SIGINT (as a
     background job of a non-interactive shell does, and its children inherit)."""

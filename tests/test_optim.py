@@ -355,7 +355,7 @@ def test_get_optimizer_names():
     (lambda: CosineDecay(0.1, epochs=5, warmup_epochs=5),
      r"CosineDecay: warmup_epochs \(5\) must be less than epochs \(5\)"),
     (lambda: CosineDecay(0.1, epochs=5, min_lr=0.2), r"CosineDecay: min_lr \(0.2\) must not exceed lr \(0.1\)"),
-    (lambda: get_schedule("linear"), r"unknown schedule 'linear'; known: cosine, exponential, step"),
+    (lambda: get_schedule("linear"), r"unknown schedule 'linear'; known: constant, cosine, exponential, step"),
     (lambda: StepDecay(0.1, 2)(-1), r"StepDecay: epoch must be an integer >= 0, got -1"),
     (lambda: SGD(0.1).set_epoch(1.5), r"SGD: epoch must be an integer >= 0, got 1.5"),
 ])

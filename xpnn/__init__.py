@@ -18,7 +18,7 @@ _EXPORTS = {
     "to_numpy": "backend", "use_device": "backend",
     "load": "io", "load_checkpoint": "io", "save": "io",
     "Sequential": "model", "mlp": "model",
-    "Callback": "train", "EarlyStopping": "train", "History": "train", "ModelCheckpoint": "train",
+    "Callback": "train", "EarlyStopping": "train", "ReduceLROnPlateau": "train", "History": "train", "ModelCheckpoint": "train",
     "export_onnx": "onnx_export",
 }
 #: every public submodule, reachable as ``xpnn.NAME`` (imported on first use like the names above)
@@ -27,7 +27,8 @@ _SUBMODULES = ("backend", "cli", "data", "datasets", "distributed", "errors", "f
 
 __all__ = [*_SUBMODULES, "Device", "DeviceError", "set_device", "get_device", "current_device",
            "use_device", "devices", "to_device", "to_numpy", "seed", "Sequential", "mlp", "save", "load",
-           "load_checkpoint", "History", "Callback", "EarlyStopping", "ModelCheckpoint", "export_onnx", "__version__"]
+           "load_checkpoint", "History", "Callback", "EarlyStopping", "ReduceLROnPlateau",
+           "ModelCheckpoint", "export_onnx", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

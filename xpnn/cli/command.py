@@ -16,7 +16,7 @@ from .evaluate import cmd_evaluate
 from .export import cmd_export
 from .info import cmd_info
 from .predict import cmd_predict
-from .settings import DEFAULTS
+from .settings import DEFAULTS, SCHEDULES
 from .train import cmd_train
 
 
@@ -51,6 +51,22 @@ def _sample_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _number_in(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Any:
+    """An argparse type: a float in the interval, its bounds open or closed as asked."""
+    shown = f"{'(' if low_open else '['}{low:g}, {'inf' if high == float('inf') else f'{high:g}'}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        inside = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not inside:
+            raise argparse.ArgumentTypeError(f"expected a number in {shown}, got {text!r}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--device", default=None,
@@ -79,6 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="learning rate (default: the optimizer's, 0.001 for adam)")
     train.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw", "rmsprop"],
                        help="default adam")
+    train.add_argument("--weight-decay", type=_number_in(0.0, float("inf"), high_open=True), metavar="W",
+                       help="the optimizer's weight decay (default: the optimizer's, 0.01 for adamw, else 0)")
+    train.add_argument("--schedule", choices=list(SCHEDULES),
+                       help="learning rate per update: constant, step (x0.1 every third of the epochs) or cosine "
+                            "(to 0 at the last epoch) (default constant)")
+    train.add_argument("--warmup-epochs", type=_number_in(0.0, float("inf"), high_open=True), metavar="E",
+                       help="ramp the learning rate up linearly over the first E epochs (fractions allowed), with "
+                            "any --schedule (default 0)")
+    train.add_argument("--clip-norm", type=_number_in(0.0, float("inf"), low_open=True, high_open=True), metavar="X",
+                       help="scale the gradients so their global L2 norm is at most X (global_clipnorm; default off)")
+    train.add_argument("--label-smoothing", type=_number_in(0.0, 1.0), metavar="S",
+                       help="train against targets y*(1-S) + S/classes (default 0)")
+    train.add_argument("--class-weight", choices=["balanced"],
+                       help="weigh each image's loss by n_images / (classes * images of its class) (default off)")
+    train.add_argument("--plateau", type=_positive, metavar="PATIENCE",
+                       help="multiply the learning rate by 0.1 when the validation loss (the training loss without "
+                            "validation) has not improved for PATIENCE epochs (default off)")
     train.add_argument("--seed", type=int, help="seed for weights, shuffling and splits (default 0)")
     train.add_argument("--augment", action="store_true", default=None,
                        help="random flips and crops (and brightness/contrast for color images)")

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..files import json_text
 from ..io import load_checkpoint
 from .model_file import check_metadata, require_model_file
+from .settings import recipe
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -41,6 +42,7 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"({meta['data']['train']:,} train / {meta['data']['validation']:,} validation images), "
               f"{settings.get('optimizer')} lr {settings.get('lr')}, batch {settings.get('batch_size')}, "
               f"seed {settings.get('seed')}{', augmented' if settings.get('augment') else ''}"
+              f"{f', {recipe(settings)}' if recipe(settings) else ''}"
               f"{' (interrupted)' if meta.get('interrupted') else ''}")
     if meta.get("test"):
         print(f"test accuracy: {meta['test']['accuracy']:.4f} on {meta['test']['images']} images")

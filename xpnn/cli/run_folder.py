@@ -57,16 +57,21 @@ def output_folder(args: argparse.Namespace) -> Path:
 
 
 class RunCheckpoint(Callback):
-    """After every epoch: model, optimizer state, host RNG state, epoch and history, atomically."""
+    """After every epoch: model, optimizer state, host RNG state, epoch, history and the state of
+    ``callbacks`` (name: a callback with ``state_dict()``, such as ReduceLROnPlateau), atomically.
+    It must come after those callbacks in fit's list, so it saves what they did this epoch."""
 
-    def __init__(self, path: Path, optimizer: Any, metadata: dict[str, Any], out: Path) -> None:
+    def __init__(self, path: Path, optimizer: Any, metadata: dict[str, Any], out: Path,
+                 callbacks: dict[str, Any] | None = None) -> None:
         self.path, self.optimizer, self.metadata, self.out = path, optimizer, metadata, out
+        self.callbacks = dict(callbacks or {})
         self.saved_epoch = int(metadata.get("epoch", 0))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        states = {"callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()}} if self.callbacks else {}
         save(self.model, self.path, optimizer=self.optimizer,
              metadata={**self.metadata, "epoch": epoch + 1, "history": self.model.history.to_dict(),
-                       "rng_state": backend.rng_state()})
+                       "rng_state": backend.rng_state(), **states})
         self.saved_epoch = epoch + 1
         _write_history(self.model.history, self.out)
 

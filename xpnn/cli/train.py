@@ -23,7 +23,7 @@ from .model_file import check_fits, check_metadata, require_model_file
 from .reporting import model_scores, write_confusion
 from .run_folder import (CHECKPOINT_FILE, MODEL_FILE, RunCheckpoint, finish_run, output_folder, previous_record,
                          run_record)
-from .settings import resolve_settings
+from .settings import backfill_settings, recipe, resolve_settings
 
 
 def _init_from(model: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -58,12 +58,50 @@ def _init_from(model: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
             "unused": report.unexpected, "frozen": whole if settings["freeze"] else []}
 
 
+def _optimizer(settings: dict[str, Any]) -> Any:
+    """The optimizer of a new run: --optimizer with --lr, --weight-decay, --clip-norm (global) and the
+    --schedule with its --warmup-epochs. Sets settings["lr"] to the rate used (the optimizer's own
+    when --lr is not given)."""
+    from ..optim import Constant, CosineDecay, StepDecay, get_optimizer
+    given = {key: settings[name] for key, name in (("lr", "lr"), ("weight_decay", "weight_decay"),
+                                                    ("global_clipnorm", "clip_norm")) if settings[name] is not None}
+    optimizer = get_optimizer(settings["optimizer"], **given)
+    lr, epochs, warmup = optimizer.lr, settings["epochs"], settings["warmup_epochs"]
+    if warmup and warmup >= epochs:
+        raise CLIError(f"--warmup-epochs {warmup:g} must be less than --epochs {epochs}: the warmup would be all "
+                       f"of the training")
+    if settings["schedule"] == "cosine":
+        optimizer.lr = CosineDecay(lr, epochs, warmup_epochs=warmup)
+    elif settings["schedule"] == "step":
+        optimizer.lr = StepDecay(lr, step_size=max(1, epochs // 3), gamma=0.1, warmup_epochs=warmup)
+    elif warmup:
+        optimizer.lr = Constant(lr, warmup_epochs=warmup)
+    settings["lr"] = lr
+    return optimizer
+
+
+def _plateau(settings: dict[str, Any], validation: Any, meta: dict[str, Any] | None, path: Path) -> Any:
+    """--plateau's ReduceLROnPlateau (None without it), its counters loaded from the checkpoint when resuming."""
+    if settings["plateau"] is None:
+        return None
+    from ..train import ReduceLROnPlateau
+    plateau = ReduceLROnPlateau(monitor="loss" if validation is None else "val_loss", patience=settings["plateau"])
+    if meta is not None:
+        saved = meta.get("callbacks")
+        try:
+            plateau.load_state_dict(saved.get("plateau") if isinstance(saved, dict) else None)
+        except ValueError as exc:
+            raise CLIError(f"{path}: the saved --plateau state is damaged ({one_line(exc)})") from exc
+    return plateau
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     started = time.time()
     out = output_folder(args)
     device, note = select_device(args.device)
     if args.resume:
         model, optimizer, _ = load_checkpoint(out / CHECKPOINT_FILE, device)
+        backfill_settings(model.metadata)
         meta = check_metadata(out / CHECKPOINT_FILE, model, checkpoint=True)
         settings = resolve_settings(args, meta.get("settings"))
         initial_epoch = int(meta["epoch"])
@@ -83,12 +121,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"{out / CHECKPOINT_FILE}: the saved random-generator state or history is damaged "
                            f"({type(exc).__name__}: {exc})") from exc
     else:
-        from ..optim import get_optimizer
+        from ..losses import get_loss
         model = zoo.build(settings["model"], x_train.shape[1:], len(data.classes))
         model.loss = zoo.loss_for(model)
+        if settings["label_smoothing"]:
+            model.loss = get_loss(type(model.loss).__name__,
+                                  **{**model.loss.config(), "label_smoothing": settings["label_smoothing"]})
         init = _init_from(model, settings)
-        optimizer = get_optimizer(settings["optimizer"], **({} if settings["lr"] is None else {"lr": settings["lr"]}))
-        settings["lr"] = optimizer.lr
+        optimizer = _optimizer(settings)
+    sample_weight = None
+    if settings["class_weight"] is not None:
+        from ..train.weights import sample_weights
+        sample_weight = sample_weights(model.loss, y_train, (1, len(data.classes)), settings["class_weight"])
+    plateau = _plateau(settings, validation, meta if args.resume else None, out / CHECKPOINT_FILE)
+    if not args.resume:
         out.mkdir(parents=True, exist_ok=True)
     metadata = {"model": settings["model"], "classes": data.classes, "settings": settings,
                 "input": {"size": list(data.size), "color": data.color, "channels": int(x_train.shape[1]),
@@ -96,7 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "data": {"source": data.source, "train": len(x_train),
                          "validation": 0 if validation is None else len(validation[0]), "test": len(x_test)},
                 "versions": library_versions(), "init_from": meta.get("init_from") if args.resume else init}
-    checkpoint = RunCheckpoint(out / CHECKPOINT_FILE, optimizer, {**metadata, "epoch": initial_epoch}, out)
+    checkpoint = RunCheckpoint(out / CHECKPOINT_FILE, optimizer, {**metadata, "epoch": initial_epoch}, out,
+                               callbacks={} if plateau is None else {"plateau": plateau})
     if not args.resume:
         checkpoint.model, model.history = model, History()
         checkpoint.on_epoch_end(-1, {})
@@ -111,13 +158,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     resuming = f" (resuming after epoch {initial_epoch})" if initial_epoch else ""
     print(f"{settings['epochs']} epoch{'s' if settings['epochs'] != 1 else ''}{resuming}, "
           f"batch {settings['batch_size']}, {settings['optimizer']} lr {settings['lr']:g}, seed {settings['seed']}"
-          f"{', augmented' if settings['augment'] else ''}; output in {out}", flush=True)
+          f"{', augmented' if settings['augment'] else ''}{f', {recipe(settings)}' if recipe(settings) else ''}; "
+          f"output in {out}", flush=True)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # fit reports a NaN/inf loss itself
             model.fit(x_train, y_train, optimizer=optimizer, epochs=settings["epochs"],
                       batch_size=settings["batch_size"], seed=settings["seed"], validation_data=validation,
-                      callbacks=[checkpoint], verbose=2 if args.quiet else 1, scale=SCALE,
-                      transform=train_transform(settings, data), initial_epoch=initial_epoch)
+                      callbacks=[cb for cb in (plateau, checkpoint) if cb is not None], verbose=2 if args.quiet else 1,
+                      scale=SCALE, transform=train_transform(settings, data), initial_epoch=initial_epoch,
+                      sample_weight=sample_weight)
         return _report_test(model, data, x_test, y_test, settings, metadata, out, run, started,
                             checkpoint.saved_epoch)
     except KeyboardInterrupt:

@@ -21,7 +21,8 @@ Transform = Callable[[Any], Any]
 
 
 class DataLoader:
-    """Iterate ``(x_batch, y_batch)`` on ``device``.
+    """Iterate ``(x_batch, y_batch)`` on ``device``; with ``weights`` (one per sample, e.g. from
+    ``fit``'s ``class_weight``), ``(x_batch, y_batch, w_batch)`` as Keras' datasets do.
 
     ``scale``: ``None`` (cast only), ``"unit"`` (divide by 255: uint8 images to [0, 1]), or a
     ``(mean, std)`` pair to standardize, in the units of ``x``: two numbers, or two sequences
@@ -33,14 +34,18 @@ class DataLoader:
 
     def __init__(self, x: Any, y: Any = None, batch_size: int | None = 32, *, shuffle: bool = False,
                  seed: int | None = None, device: "backend.Device | str | None" = None, dtype: str = "float32",
-                 scale: Any = None, transform: Transform | None = None, drop_last: bool = False) -> None:
+                 scale: Any = None, transform: Transform | None = None, drop_last: bool = False,
+                 weights: Any = None) -> None:
         self.device = backend.resolve(device)
         self.x = self._kept(x)
         self.y = None if y is None else self._kept(y)
+        self.weights = None if weights is None else self._kept(weights)
         n = int(self.x.shape[0])
-        if self.y is not None and int(self.y.shape[0]) != n:
-            from ..errors import DataError
-            raise DataError(f"x and y have different lengths: {n} samples in x, {int(self.y.shape[0])} in y")
+        for name, other in (("y", self.y), ("weights", self.weights)):
+            if other is not None and int(other.shape[0]) != n:
+                from ..errors import DataError
+                raise DataError(f"x and {name} have different lengths: {n} samples in x, {int(other.shape[0])} "
+                                f"in {name}")
         if batch_size is None:
             batch_size = n
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -81,11 +86,11 @@ class DataLoader:
                 return
             yield idx
 
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
         for idx in self.batch_indices():
             yield self.take(idx, train=True)
 
-    def take(self, idx: np.ndarray, train: bool = False) -> tuple[Any, Any]:
+    def take(self, idx: np.ndarray, train: bool = False) -> tuple[Any, ...]:
         """The samples ``idx`` as a device batch (inputs cast, scaled and, if train, transformed)."""
         contiguous = idx.size and idx[-1] - idx[0] == idx.size - 1 and (np.diff(idx) == 1).all()
         device_idx = None
@@ -107,8 +112,15 @@ class DataLoader:
             return xb, None
         yb = cut(self.y)
         integral = backend.dtype_name(yb.dtype).startswith(("int", "uint", "bool"))
-        return xb, backend.to_device(yb, self.device, dtype="int64" if integral else self.dtype) \
-            if isinstance(yb, np.ndarray) else _cast(yb, "int64" if integral else self.dtype)
+        yb = self._moved(yb, "int64" if integral else self.dtype)
+        if self.weights is None:
+            return xb, yb
+        return xb, yb, self._moved(cut(self.weights), self.dtype)
+
+    def _moved(self, batch: Any, dtype: str) -> Any:
+        """A batch cut from a host array moved to the device in ``dtype``; one already there cast."""
+        return backend.to_device(batch, self.device, dtype=dtype) if isinstance(batch, np.ndarray) \
+            else _cast(batch, dtype)
 
     def prepare(self, x: Any) -> Any:
         """Move host inputs to the device (arrays there stay), cast to ``dtype`` and apply ``scale`` there."""

@@ -1,4 +1,4 @@
-"""Optimizers (SGD with momentum/Nesterov, Adam, AdamW, RMSprop) and per-epoch learning-rate schedules.
+"""Optimizers (SGD with momentum/Nesterov, Adam, AdamW, RMSprop), gradient clipping and learning-rate schedules.
 
 ``optimizer.step(params)`` updates each ``Parameter.value`` in place on its own device from its
 ``grad``, with the PyTorch formulations, so results can be compared with ``torch.optim``. The
@@ -9,17 +9,21 @@ and keyed by the parameter's name, which must therefore be unique. The update ru
 of all the parameters at once (see :meth:`Optimizer.step`): a dozen operations per step, not a
 dozen per parameter, which is what a GPU's kernel-launch cost asks for.
 
-A learning rate is a float or a :class:`Schedule` evaluated per epoch: the training loop calls
-``optimizer.set_epoch(epoch)`` at the start of every epoch and ``optimizer.lr`` follows.
+A learning rate is a float or a :class:`Schedule` evaluated at every update: the training loop
+calls ``optimizer.set_epoch(epoch, steps_per_epoch)`` at the start of every epoch and each
+``step`` moves ``optimizer.lr`` to the next update's value (Python arithmetic, nothing on the
+device). ``optimizer.lr_factor`` scales either (``ReduceLROnPlateau`` lowers it). Every optimizer
+takes Keras' ``clipnorm``, ``clipvalue`` or ``global_clipnorm``, applied in one place,
+``Optimizer._clipped``, to the gradients the update uses.
 
 Modules: :mod:`.optimizers` (the flat-buffer :class:`Optimizer` base and its subclasses),
-:mod:`.schedules` (learning rate per epoch) and :mod:`.arguments` (the hyperparameter checks and
+:mod:`.schedules` (learning rate per update, with warmup) and :mod:`.arguments` (the hyperparameter checks and
 the name-or-record factory both use).
 """
 from .optimizers import SGD, Adam, AdamW, Optimizer, RMSprop, get_optimizer
-from .schedules import CosineDecay, ExponentialDecay, Schedule, StepDecay, get_schedule
+from .schedules import Constant, CosineDecay, ExponentialDecay, Schedule, StepDecay, get_schedule
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get_optimizer",
-    "Schedule", "StepDecay", "CosineDecay", "ExponentialDecay", "get_schedule",
+    "Schedule", "Constant", "StepDecay", "CosineDecay", "ExponentialDecay", "get_schedule",
 ]

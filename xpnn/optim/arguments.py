@@ -7,6 +7,7 @@ from typing import Any, Callable, Mapping
 
 Rule = tuple[str, Callable[[float], bool]]
 NON_NEGATIVE: Rule = ("a finite number >= 0", lambda v: v >= 0.0)
+POSITIVE: Rule = ("a finite number > 0", lambda v: v > 0.0)
 UNIT: Rule = ("a number in [0, 1)", lambda v: 0.0 <= v < 1.0)
 DECAY: Rule = ("a number in (0, 1]", lambda v: 0.0 < v <= 1.0)
 

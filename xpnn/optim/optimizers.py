@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from array_api_compat import array_namespace, is_numpy_namespace
+from array_api_compat import device as device_of
 
 from .. import backend
 from ..layers.base import Parameter
-from .arguments import NON_NEGATIVE, UNIT, from_spec, integer, number
+from .arguments import NON_NEGATIVE, POSITIVE, UNIT, from_spec, integer, number
 from .schedules import Schedule, get_schedule
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get_optimizer"]
@@ -27,6 +28,8 @@ class _FlatGroup:
     flat: Any
     state: dict[str, Any]
     step: int
+    #: each parameter's size as a device array, for per-parameter clipping of the flat gradient (made once)
+    sizes: Any = None
 
 
 def _bounds(params: Sequence[Parameter]) -> list[tuple[int, int]]:
@@ -53,8 +56,29 @@ def _concat_flat(xp: Any, arrays: Sequence[Any]) -> Any:
 
 # --------------------------------------------------------------------------- optimizers
 
+CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")
+
+
+def _clipping(owner: str, values: Mapping[str, Any]) -> dict[str, float | None]:
+    """Keras' gradient clipping arguments checked: each None or a finite number > 0, at most one set."""
+    checked = {name: None if value is None else number(owner, name, value, POSITIVE)
+               for name, value in values.items()}
+    chosen = [name for name, value in checked.items() if value is not None]
+    if len(chosen) > 1:
+        raise ValueError(f"{owner}: set at most one of clipnorm, clipvalue and global_clipnorm, got {', '.join(chosen)}")
+    return checked
+
+
 class Optimizer:
-    """Base class: learning rate (float or schedule), weight decay, per-parameter state.
+    """Base class: learning rate (float or schedule), weight decay, gradient clipping, per-parameter state.
+
+    Gradient clipping, Keras' arguments, applied to the gradients before the update (and before
+    weight decay, as in Keras and PyTorch): ``clipnorm`` scales each parameter's gradient to at
+    most that L2 norm (``g * c / max(||g||, c)``); ``clipvalue`` clips each element to ``[-c, c]``;
+    ``global_clipnorm`` scales all gradients together by ``min(1, c / (||g|| + 1e-6))``, the norm
+    taken over every gradient, which is ``torch.nn.utils.clip_grad_norm_(params, c)`` followed by
+    the step. At most one of them. The global norm stays on the device (a few operations on the
+    flat gradient, no host read); ``clipnorm`` costs one reduction per parameter.
 
     Subclasses set ``name``, list their state arrays in ``_state_arrays()`` and implement
     ``_update(w, grad, state, step, lr)``, which must modify ``w`` and the ``state`` arrays in place.
@@ -64,9 +88,18 @@ class Optimizer:
     #: whether the per-parameter state has a step counter (Adam's bias correction)
     _counts_steps: ClassVar[bool] = False
 
-    def __init__(self, lr: "float | Schedule | Mapping[str, Any]", weight_decay: float = 0.0) -> None:
-        self.weight_decay = number(type(self).__name__, "weight_decay", weight_decay, NON_NEGATIVE)
+    def __init__(self, lr: "float | Schedule | Mapping[str, Any]", weight_decay: float = 0.0, *,
+                 clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None) -> None:
+        owner = type(self).__name__
+        self.weight_decay = number(owner, "weight_decay", weight_decay, NON_NEGATIVE)
+        clipping = _clipping(owner, {"clipnorm": clipnorm, "clipvalue": clipvalue,
+                                     "global_clipnorm": global_clipnorm})
+        self.clipnorm, self.clipvalue, self.global_clipnorm = (clipping[name] for name in CLIPPING)
         self._epoch = 0
+        self._steps_per_epoch: int | None = None
+        self._position = 0
+        self.last_lr: float | None = None
         self.lr = lr
         self.state: dict[str, dict[str, Any]] = {}
         self._checked: tuple[int, ...] | None = None
@@ -77,34 +110,65 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
-        """The learning rate of the current epoch (a Python float)."""
+        """The learning rate of the next update (a Python float): the number or the schedule's value,
+        times :attr:`lr_factor`."""
         return self._lr
 
     @lr.setter
     def lr(self, value: "float | Schedule | Mapping[str, Any]") -> None:
+        """A new learning rate (number or schedule); it also resets :attr:`lr_factor` to 1."""
         if isinstance(value, (Schedule, Mapping)):
-            self.schedule: Schedule | None = get_schedule(value)
-            self._lr = self.schedule(self._epoch)
+            schedule: Schedule | None = get_schedule(value)
+            base = None
         elif isinstance(value, numbers.Real) or not callable(value):
-            self.schedule = None
-            self._lr = number(type(self).__name__, "lr", value, NON_NEGATIVE)
+            schedule, base = None, number(type(self).__name__, "lr", value, NON_NEGATIVE)
         else:
-            raise ValueError(f"{type(self).__name__}: lr must be a number or a Schedule (StepDecay, CosineDecay, "
-                             f"ExponentialDecay), got {value!r}")
+            raise ValueError(f"{type(self).__name__}: lr must be a number or a Schedule (Constant, StepDecay, "
+                             f"CosineDecay, ExponentialDecay), got {value!r}")
+        self.schedule, self._base_lr, self._lr_factor = schedule, base, 1.0
+        self._refresh_lr()
+
+    @property
+    def lr_factor(self) -> float:
+        """A factor on the learning rate or schedule (1.0; ``ReduceLROnPlateau`` lowers it). Saved in
+        :meth:`state_dict`, so a resumed run keeps it."""
+        return self._lr_factor
+
+    @lr_factor.setter
+    def lr_factor(self, value: float) -> None:
+        self._lr_factor = number(type(self).__name__, "lr_factor", value, NON_NEGATIVE)
+        self._refresh_lr()
+
+    def _refresh_lr(self) -> None:
+        base = self._base_lr if self.schedule is None else \
+            self.schedule.at_step(self._position, self._steps_per_epoch or 1)
+        self._lr = base * self._lr_factor
 
     @property
     def epoch(self) -> int:
         return self._epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` (0-based): re-evaluates the schedule, if any."""
-        self._epoch = integer(type(self).__name__, "epoch", epoch, 0)
-        if self.schedule is not None:
-            self._lr = self.schedule(self._epoch)
+    def set_epoch(self, epoch: int, steps_per_epoch: int | None = None) -> None:
+        """Start epoch ``epoch`` (0-based). Given ``steps_per_epoch`` (``fit`` passes its number of
+        batches; kept for later calls), a schedule moves at every update; never given, it keeps one
+        value per epoch, for loops that call only ``set_epoch``."""
+        owner = type(self).__name__
+        epoch = integer(owner, "epoch", epoch, 0)
+        if steps_per_epoch is not None:
+            self._steps_per_epoch = integer(owner, "steps_per_epoch", steps_per_epoch, 1)
+        self._epoch = epoch
+        self._position = epoch * (self._steps_per_epoch or 1)
+        self._refresh_lr()
+
+    def _advance_schedule(self) -> None:
+        """One update made: a schedule evaluated per step moves on (Python arithmetic only)."""
+        if self.schedule is not None and self._steps_per_epoch is not None:
+            self._position += 1
+            self._refresh_lr()
 
     def _lr_config(self) -> "float | dict[str, Any]":
         if self.schedule is None:
-            return self._lr
+            return self._base_lr
         return {"name": self.schedule.name, **self.schedule.config()}
 
     # ---- stepping -----------------------------------------------------------------------
@@ -130,22 +194,79 @@ class Optimizer:
         if not active:
             return
         lr = self._lr
-        for group in self._packed(active):
+        groups = self._packed(active)
+        grads = self._clipped(groups, [self._gradients(group) for group in groups])
+        for group, group_grads in zip(groups, grads):
             group.step += 1
             if is_numpy_namespace(group.xp):
                 # on the CPU an operation costs no launch, and the flat update would first copy every
                 # gradient into one buffer: update each parameter's view of the buffers instead
-                for param in group.params:
-                    self._update(param.value, param.grad, self.state.get(param.name, {}), group.step, lr)
+                for param, grad in zip(group.params, group_grads):
+                    self._update(param.value, grad, self.state.get(param.name, {}), group.step, lr)
             else:
                 with backend.device_context(group.device):
-                    xp = group.xp
-                    grads = [xp.reshape(param.grad, (-1,)) for param in group.params]
-                    grad = grads[0] if len(grads) == 1 else xp.concat(grads)
-                    self._update(group.flat, grad, group.state, group.step, lr)
+                    self._update(group.flat, group_grads[0], group.state, group.step, lr)
             if self._counts_steps:
                 for param in group.params:
                     self.state[param.name]["step"] = group.step
+        self.last_lr = lr
+        self._advance_schedule()
+
+    @staticmethod
+    def _gradients(group: _FlatGroup) -> list[Any]:
+        """The group's gradients: one flat array (one operation for all), or on NumPy each parameter's own."""
+        if is_numpy_namespace(group.xp):
+            return [param.grad for param in group.params]
+        xp = group.xp
+        with backend.device_context(group.device):
+            grads = [xp.reshape(param.grad, (-1,)) for param in group.params]
+            return [grads[0] if len(grads) == 1 else xp.concat(grads)]
+
+    def _clipped(self, groups: list[_FlatGroup], grads: list[list[Any]]) -> list[list[Any]]:
+        """``grads`` (per group, as :meth:`_gradients` gives them) clipped as configured; the one place
+        clipping happens, on the gradients the update is about to use. New arrays: a parameter's own
+        ``grad`` is never changed."""
+        if self.global_clipnorm is not None:
+            return self._clipped_globally(groups, grads)
+        if self.clipvalue is None and self.clipnorm is None:
+            return grads
+        clipped = []
+        for group, group_grads in zip(groups, grads):
+            xp, c = group.xp, self.clipvalue
+            with backend.device_context(group.device):
+                if c is not None:
+                    group_grads = [xp.minimum(xp.maximum(g, -c), c) for g in group_grads]
+                elif self.clipnorm is not None:
+                    group_grads = self._clipped_per_parameter(group, group_grads)
+            clipped.append(group_grads)
+        return clipped
+
+    def _clipped_globally(self, groups: list[_FlatGroup], grads: list[list[Any]]) -> list[list[Any]]:
+        """``global_clipnorm``: every gradient times ``min(1, c / (||all gradients|| + 1e-6))``, computed on
+        the device (the norm is never read back)."""
+        if len({group.device for group in groups}) > 1:
+            raise ValueError(f"{type(self).__name__}: global_clipnorm needs every parameter on one device, got "
+                             f"{sorted({group.device.name for group in groups})}")
+        xp = groups[0].xp
+        with backend.device_context(groups[0].device):
+            squares = [xp.vecdot(flat, flat) for gs in grads for flat in (xp.reshape(g, (-1,)) for g in gs)]
+            total = squares[0] if len(squares) == 1 else xp.sum(xp.stack([xp.astype(v, xp.float32) for v in squares]))
+            coef = xp.minimum(self.global_clipnorm / (xp.sqrt(total) + 1e-6), 1.0)
+            return [[g * xp.astype(coef, g.dtype) for g in gs] for gs in grads]
+
+    def _clipped_per_parameter(self, group: _FlatGroup, grads: list[Any]) -> list[Any]:
+        """Keras' ``clipnorm``: each parameter's gradient times ``c / max(||g||, c)`` (in the group's device context)."""
+        xp, c = group.xp, self.clipnorm
+        if is_numpy_namespace(xp):
+            return [g * (c / xp.maximum(xp.sqrt(xp.vecdot(xp.reshape(g, (-1,)), xp.reshape(g, (-1,)))), c))
+                    for g in grads]
+        flat = grads[0]
+        if group.sizes is None:
+            group.sizes = xp.asarray([param.size for param in group.params], dtype=xp.int64, device=device_of(flat))
+        parts = [flat[lo:hi] for lo, hi in _bounds(group.params)]
+        norms = xp.sqrt(xp.stack([xp.vecdot(part, part) for part in parts]))
+        scale = c / xp.maximum(norms, c)
+        return [flat * xp.repeat(scale, group.sizes)]
 
     def zero_grad(self, params: Iterable[Parameter]) -> None:
         """Drop every gradient, so the next backward pass starts from nothing."""
@@ -243,17 +364,24 @@ class Optimizer:
     # ---- saving and rebuilding ----------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        """Constructor arguments, JSON-serialisable: ``get_optimizer(opt.name, **opt.config())`` rebuilds it."""
-        return {"lr": self._lr_config(), "weight_decay": self.weight_decay}
+        """Constructor arguments, JSON-serialisable: ``get_optimizer(opt.name, **opt.config())`` rebuilds it.
+        Subclasses add their own after ``lr``; the clipping argument, if any, comes last."""
+        return {"lr": self._lr_config(), **self._own_config(), "weight_decay": self.weight_decay,
+                **{name: getattr(self, name) for name in CLIPPING if getattr(self, name) is not None}}
+
+    def _own_config(self) -> dict[str, Any]:
+        """The subclass's own constructor arguments (momentum, betas ...)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
-        """Name, config, epoch and per-parameter state, as JSON scalars and host NumPy copies."""
+        """Name, config, epoch, ``lr_factor`` and per-parameter state, as JSON scalars and host NumPy copies."""
         state = {
             pname: {key: value if isinstance(value, int) else backend.to_numpy(value).copy()
                     for key, value in entries.items()}
             for pname, entries in self.state.items()
         }
-        return {"name": self.name, "config": self.config(), "epoch": self._epoch, "state": state}
+        return {"name": self.name, "config": self.config(), "epoch": self._epoch, "lr_factor": self._lr_factor,
+                "state": state}
 
     def load_state_dict(self, state: Mapping[str, Any], params: Iterable[Parameter]) -> None:
         """Restore what :meth:`state_dict` saved, each array on its parameter's device and dtype.
@@ -290,9 +418,11 @@ class Optimizer:
                 # to_device may return a view of the host array on the CPU; the state must own its memory.
                 with backend.device_context(where):
                     restored[pname][key] = xp.asarray(moved, copy=True)
+        lr_factor = number(owner, "lr_factor", state.get("lr_factor", 1.0), NON_NEGATIVE)
         self.state = restored
         self._checked = None
         self._packed_key = None
+        self._lr_factor = lr_factor
         self.set_epoch(int(state.get("epoch", 0)))
 
     def __repr__(self) -> str:
@@ -310,14 +440,14 @@ class SGD(Optimizer):
     name = "sgd"
 
     def __init__(self, lr: "float | Schedule | Mapping[str, Any]" = 0.01, momentum: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0) -> None:
+                 nesterov: bool = False, weight_decay: float = 0.0, **clipping: float | None) -> None:
         self.momentum = number("SGD", "momentum", momentum, UNIT)
         if not isinstance(nesterov, bool):
             raise ValueError(f"SGD: nesterov must be True or False, got {nesterov!r}")
         if nesterov and self.momentum == 0.0:
             raise ValueError("SGD: nesterov=True needs a momentum > 0")
         self.nesterov = nesterov
-        super().__init__(lr, weight_decay)
+        super().__init__(lr, weight_decay, **clipping)
 
     def _state_arrays(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self.momentum else ()
@@ -341,9 +471,8 @@ class SGD(Optimizer):
         else:
             w -= lr * buf
 
-    def config(self) -> dict[str, Any]:
-        return {"lr": self._lr_config(), "momentum": self.momentum, "nesterov": self.nesterov,
-                "weight_decay": self.weight_decay}
+    def _own_config(self) -> dict[str, Any]:
+        return {"momentum": self.momentum, "nesterov": self.nesterov}
 
 
 class Adam(Optimizer):
@@ -355,13 +484,13 @@ class Adam(Optimizer):
     _decoupled: ClassVar[bool] = False
 
     def __init__(self, lr: "float | Schedule | Mapping[str, Any]" = 1e-3, betas: Sequence[float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.0, **clipping: float | None) -> None:
         owner = type(self).__name__
         if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
             raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
         self.betas = (number(owner, "betas[0]", betas[0], UNIT), number(owner, "betas[1]", betas[1], UNIT))
         self.eps = number(owner, "eps", eps, NON_NEGATIVE)
-        super().__init__(lr, weight_decay)
+        super().__init__(lr, weight_decay, **clipping)
 
     def _state_arrays(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
@@ -389,8 +518,8 @@ class Adam(Optimizer):
         tmp *= lr / (1.0 - beta1 ** step)
         w -= tmp
 
-    def config(self) -> dict[str, Any]:
-        return {"lr": self._lr_config(), "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
+    def _own_config(self) -> dict[str, Any]:
+        return {"betas": list(self.betas), "eps": self.eps}
 
 
 class AdamW(Adam):
@@ -402,8 +531,8 @@ class AdamW(Adam):
     _decoupled = True
 
     def __init__(self, lr: "float | Schedule | Mapping[str, Any]" = 1e-3, betas: Sequence[float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
-        super().__init__(lr, betas, eps, weight_decay)
+                 eps: float = 1e-8, weight_decay: float = 0.01, **clipping: float | None) -> None:
+        super().__init__(lr, betas, eps, weight_decay, **clipping)
 
 
 class RMSprop(Optimizer):
@@ -415,11 +544,11 @@ class RMSprop(Optimizer):
     name = "rmsprop"
 
     def __init__(self, lr: "float | Schedule | Mapping[str, Any]" = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+                 momentum: float = 0.0, weight_decay: float = 0.0, **clipping: float | None) -> None:
         self.alpha = number("RMSprop", "alpha", alpha, UNIT)
         self.eps = number("RMSprop", "eps", eps, NON_NEGATIVE)
         self.momentum = number("RMSprop", "momentum", momentum, UNIT)
-        super().__init__(lr, weight_decay)
+        super().__init__(lr, weight_decay, **clipping)
 
     def _state_arrays(self) -> tuple[str, ...]:
         return ("square_avg", "momentum_buffer") if self.momentum else ("square_avg",)
@@ -446,16 +575,16 @@ class RMSprop(Optimizer):
             tmp *= lr
             w -= tmp
 
-    def config(self) -> dict[str, Any]:
-        return {"lr": self._lr_config(), "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,
-                "weight_decay": self.weight_decay}
+    def _own_config(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "eps": self.eps, "momentum": self.momentum}
 
 
 # --------------------------------------------------------------------------- factory
 
-def _momentum_sgd(lr: Any = 0.01, momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0) -> SGD:
+def _momentum_sgd(lr: Any = 0.01, momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0,
+                  **clipping: float | None) -> SGD:
     """``"momentum"``: SGD whose momentum defaults to 0.9."""
-    return SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    return SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, **clipping)
 
 
 _OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {

@@ -6,11 +6,14 @@ weights, write a file) is its own business, so the loop never imports the file f
 from __future__ import annotations
 
 import math
-from typing import Any
+import numbers
+from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["Callback", "EarlyStopping"]
+from ..optim.arguments import NON_NEGATIVE, integer, number
+
+__all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau"]
 
 
 class Callback:
@@ -18,7 +21,8 @@ class Callback:
 
     model: Any = None
 
-    def on_train_begin(self, logs: dict[str, Any]) -> None: ...
+    def on_train_begin(self, logs: dict[str, Any]) -> None:
+        """``logs``: ``epochs`` (the last epoch number) and ``initial_epoch`` (where this call of fit starts)."""
 
     def on_epoch_begin(self, epoch: int) -> None: ...
 
@@ -77,3 +81,91 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs: dict[str, Any]) -> None:
         if self.restore_best and self.best_state is not None and self.stopped_epoch is not None:
             self.model.load_state_dict(self.best_state)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has not improved by more than
+    ``min_delta`` for ``patience`` epochs, then wait ``cooldown`` epochs; never below ``min_lr``.
+
+    Keras' callback, arguments and state machine. It lowers the optimizer's ``lr_factor``, so it
+    works on a schedule too (the schedule's curve is scaled from then on; ``min_lr`` bounds the
+    rate at the moment of a reduction). Its counters are in :meth:`state_dict`; loaded with
+    :meth:`load_state_dict` before ``fit(..., initial_epoch=...)``, a resumed run continues exactly
+    (``xpnn train --plateau`` keeps them in the run's checkpoint).
+    """
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, verbose: int = 0,
+                 mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0) -> None:
+        owner = "ReduceLROnPlateau"
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"{owner}: monitor must be the name of a logged metric, got {monitor!r}")
+        self.factor = number(owner, "factor", factor, ("a number in (0, 1)", lambda v: 0.0 < v < 1.0))
+        self.patience = integer(owner, "patience", patience, 0)
+        self.cooldown = integer(owner, "cooldown", cooldown, 0)
+        self.min_delta = number(owner, "min_delta", min_delta, NON_NEGATIVE)
+        self.min_lr = number(owner, "min_lr", min_lr, NON_NEGATIVE)
+        self.mode = mode_for(monitor, mode)
+        self.monitor, self.verbose = monitor, verbose
+        self._reset()
+        self._resumed = False
+
+    def _reset(self) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def in_cooldown(self) -> bool:
+        return self.cooldown_counter > 0
+
+    def on_train_begin(self, logs: dict[str, Any]) -> None:
+        """A new run starts from nothing; a run resumed after :meth:`load_state_dict` keeps the state loaded."""
+        if not self._resumed:
+            self._reset()
+        self._resumed = False
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        if self.monitor not in logs:
+            raise KeyError(f"ReduceLROnPlateau monitors {self.monitor!r}, but the epoch logs only have "
+                           f"{sorted(logs)}; pass validation_data or monitor 'loss'")
+        current = logs[self.monitor]
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if better(self.mode, current, self.best, self.min_delta):
+            self.best, self.wait = current, 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                self._reduce(epoch)
+
+    def _reduce(self, epoch: int) -> None:
+        optimizer = self.model.optimizer
+        old = float(optimizer.lr)
+        if old > self.min_lr:
+            new = max(old * self.factor, self.min_lr)
+            optimizer.lr_factor = optimizer.lr_factor * (new / old)
+            self.cooldown_counter, self.wait = self.cooldown, 0
+            if self.verbose:
+                print(f"epoch {epoch + 1}: ReduceLROnPlateau reducing the learning rate to {optimizer.lr:.4g}",
+                      flush=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counters, as JSON (an infinite ``best``, before any epoch, as None)."""
+        return {"best": self.best if math.isfinite(self.best) else None, "wait": self.wait,
+                "cooldown_counter": self.cooldown_counter}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s counters (checked; nothing changes on a bad one) for the next ``fit``."""
+        owner = "ReduceLROnPlateau.load_state_dict"
+        if not isinstance(state, Mapping) or set(state) != {"best", "wait", "cooldown_counter"}:
+            raise ValueError(f"{owner}: expected a record with best, wait and cooldown_counter, got {state!r}")
+        best = state["best"]
+        if best is not None and (isinstance(best, bool) or not isinstance(best, numbers.Real)
+                                 or not math.isfinite(best)):
+            raise ValueError(f"{owner}: best must be a finite number or null, got {best!r}")
+        wait = integer(owner, "wait", state["wait"], 0)
+        cooldown_counter = integer(owner, "cooldown_counter", state["cooldown_counter"], 0)
+        self._reset()
+        if best is not None:
+            self.best = float(best)
+        self.wait, self.cooldown_counter, self._resumed = wait, cooldown_counter, True

@@ -25,8 +25,9 @@ from ..losses import Loss, get_loss
 from ..optim import SGD, get_optimizer
 from .callbacks import Callback
 from .history import History
-from .inputs import checked_data, checked_inputs
+from .inputs import checked_data, checked_inputs, host_array
 from .monitor import DIVERGED_ADVICE, Meter, check_finite_state
+from .weights import sample_weights
 
 __all__ = ["fit", "evaluate", "predict", "SYNC_SECONDS"]
 
@@ -63,7 +64,8 @@ def _on_model_device(run: Callable[..., Any]) -> Callable[..., Any]:
 def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimizer: Any = None, epochs: int = 1,
         batch_size: int | None = 32, shuffle: bool = True, seed: int | None = None,
         validation_data: tuple[Any, Any] | None = None, callbacks: Sequence[Callback] = (), verbose: int = 1,
-        scale: Any = None, transform: Any = None, initial_epoch: int = 0) -> History:
+        scale: Any = None, transform: Any = None, initial_epoch: int = 0, class_weight: Any = None,
+        sample_weight: Any = None) -> History:
     """Train ``model`` on ``(x, y)`` with mini-batch gradient descent.
 
     ``x``/``y`` are host arrays (NumPy, uint8 images are fine with ``scale="unit"``) or arrays
@@ -73,6 +75,14 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     the last epoch number, as in Keras). Returns the :class:`History` (also ``model.history``).
     After ``xpnn.distributed.init()`` in a multi-process job, ``batch_size`` is the global batch,
     split over the ranks (see :mod:`xpnn.distributed`).
+
+    ``class_weight`` (``{class: weight}``, classes not named weigh 1, or ``"balanced"``:
+    ``n_samples / (n_classes * count)``) and ``sample_weight`` (one number per sample) weigh each
+    sample's loss, as in Keras: the training loss is the weighted one, the validation loss is not.
+    Both are checked before training starts.
+
+    With a schedule, the learning rate moves at every update; the history logs ``lr``, the rate of
+    the epoch's first update, and ``lr_last``, of its last.
     """
     loss = get_loss(loss if loss is not None else model.loss or "cross_entropy")
     optimizer = get_optimizer(optimizer) if optimizer is not None else (model.optimizer or SGD(lr=0.01))
@@ -82,6 +92,10 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
         raise ValueError("nothing to train: every parameter of the model is frozen; set trainable = True on "
                          "the layers to train (model.trainable = True unfreezes everything)")
     x_data, y_data = checked_data(model, x, y, loss, ("x", "y"))
+    weights = None
+    if class_weight is not None or sample_weight is not None:
+        weights = sample_weights(loss, host_array(y_data, "y"), model.build(tuple(x_data.shape[1:])),
+                                 class_weight, sample_weight)
     val = None
     if validation_data is not None:
         if len(validation_data) != 2:
@@ -93,7 +107,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     if batch_size is None or batch_size >= samples:
         batch_size, shuffle = samples, False  # one batch: its order does not change the gradient
     loader = DataLoader(x_data, y_data, batch_size, shuffle=shuffle, seed=seed, device=model.device,
-                        dtype=model.dtype, scale=scale, transform=transform)
+                        dtype=model.dtype, scale=scale, transform=transform, weights=weights)
     strategy = distributed.active()
     if strategy is not None:
         loader = strategy.prepare(model, loader, optimizer, sync_seconds=SYNC_SECONDS)
@@ -104,20 +118,21 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     callbacks = list(callbacks)
     for callback in callbacks:
         callback.model = model
-        callback.on_train_begin({"epochs": epochs})
+        callback.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch})
     batches = len(loader)
     for epoch in range(initial_epoch, epochs):
         for callback in callbacks:
             callback.on_epoch_begin(epoch)
         if hasattr(optimizer, "set_epoch"):
-            optimizer.set_epoch(epoch)
+            optimizer.set_epoch(epoch, batches)
+        first_lr = getattr(optimizer, "lr", None)
         loader.set_epoch(epoch)
         meter = Meter(loss, epoch, None if strategy is None else strategy.reduce_metrics)
         bar = _progress(verbose, samples, epoch, epochs)
         started = last_sync = time.perf_counter()
         try:
-            for xb, yb in loader:
-                _train_step(model, loss, optimizer, params, strategy, meter, xb, yb)
+            for xb, yb, *weight in loader:  # weight: [the batch's sample weights] or []
+                _train_step(model, loss, optimizer, params, strategy, meter, xb, yb, *weight)
                 now = time.perf_counter()
                 if (now - last_sync >= SYNC_SECONDS) if strategy is None else strategy.sync_due():
                     logs = meter.sync(batches)
@@ -148,8 +163,10 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
                 bar.write(f"epoch {epoch + 1}/{epochs} validation: {_format(val_logs)}", file=sys.stderr)
         logs["seconds"] = seconds
         logs["samples_per_second"] = samples / seconds if seconds > 0 else math.inf
-        if hasattr(optimizer, "lr"):
-            logs["lr"] = float(optimizer.lr)
+        if first_lr is not None:
+            logs["lr"] = float(first_lr)
+        if getattr(optimizer, "schedule", None) is not None and optimizer.last_lr is not None:
+            logs["lr_last"] = float(optimizer.last_lr)
         history.append(epoch + 1, logs)
         if verbose == 2:
             print(f"epoch {epoch + 1}/{epochs}: {_format(logs)}", flush=True)
@@ -163,12 +180,12 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
 
 
 def _train_step(model: Any, loss: Loss, optimizer: Any, params: list[Any], strategy: Any, meter: Meter,
-                xb: Any, yb: Any) -> None:
+                xb: Any, yb: Any, *weight: Any) -> None:
     """Forward, loss, backward, update, and the metric sums of one batch. A function of its own, so
     that nothing the step made (outputs, backprop closures and what they keep) is still referenced
     when the next step's forward pass starts: only one step's saved arrays are ever alive."""
     out, backprop = model(xb, train=True, input_grad=False)
-    value, dloss = loss(out, yb)
+    value, dloss = loss(out, yb, *weight)
     backprop(dloss())
     if strategy is not None:
         strategy.reduce_gradients(params, int(out.shape[0]))
@@ -181,7 +198,8 @@ def _train_step(model: Any, loss: Loss, optimizer: Any, params: list[Any], strat
 @_on_model_device
 def evaluate(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, batch_size: int = 256,
              scale: Any = None) -> dict[str, float]:
-    """Mean loss (and accuracy for classification) of ``model`` on ``(x, y)`` in eval mode."""
+    """Mean loss (and accuracy for classification) of ``model`` on ``(x, y)`` in eval mode; the loss
+    is unweighted: ``class_weight`` and ``sample_weight`` are for training only (as Keras' ``val_loss``)."""
     if loss is None and model.loss is None:
         raise ValueError("evaluate needs a loss: pass loss=..., or fit the model first")
     loss = get_loss(loss if loss is not None else model.loss)

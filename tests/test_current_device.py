@@ -9,6 +9,7 @@ current. It also counts host reads (``float()``, ``bool()``, ``to_numpy``, boole
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 import pytest
@@ -184,3 +185,27 @@ def test_device_inputs_with_nan_are_refused_before_training(xp):
             model.fit(xpnn.to_device(x), xpnn.to_device(np.zeros(4, dtype=np.int64)), loss="cross_entropy", verbose=0)
         for key, value in model.state_dict().items():
             np.testing.assert_array_equal(value, before[key])
+
+
+# --------------------------------------------------------------------------- the stand-in is as strict as CuPy
+
+
+def test_the_stand_in_refuses_implicit_host_conversion_and_index_as_cupy_does(xp):
+    array = xp.asarray(np.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+        np.asarray(array)
+    with pytest.raises(TypeError):
+        operator.index(xp.asarray(np.array(3)))
+    np.testing.assert_array_equal(backend.to_numpy(array), [1.0, 2.0])  # the explicit way still works
+    assert int(xp.asarray(np.array(3))) == 3
+
+
+def test_use_inside_a_device_with_is_undone_at_its_exit_as_in_cupy(xp):
+    with xp.devices[0]:
+        xp.devices[1].use()
+        assert xp.current() is xp.devices[1]
+    assert xp.current() is xp.devices[0]
+    xp.devices[1].use()
+    with xp.devices[0]:
+        assert xp.current() is xp.devices[0]
+    assert xp.current() is xp.devices[1]

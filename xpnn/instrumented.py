@@ -8,8 +8,8 @@ namespace forwards each function to ``array_api_compat.numpy`` and records:
   (``permute_dims``, basic slicing, a ``reshape`` that needs no copy, ``broadcast_to``, ...),
   ``empty`` (an allocation, no kernel) and no-op ``astype``/``asarray`` are free.
 * ``host_reads``: everything that waits for the device and brings a value back: ``float()``,
-  ``int()``, ``bool()``, ``__index__``, ``numpy.asarray(array)`` (what ``xpnn.to_numpy`` does),
-  data-dependent shapes (boolean-mask indexing, ``nonzero``, ``unique_*``), which CuPy must
+  ``int()``, ``bool()``, the explicit copy to NumPy (``get()`` or DLPack: what ``xpnn.to_numpy``
+  does), data-dependent shapes (boolean-mask indexing, ``nonzero``, ``unique_*``), which CuPy must
   sync to size, and ``clip``, which array-api-compat implements for CuPy with boolean masks.
 
 Devices work as in CuPy, not as the standard says: creation functions ignore ``device=`` and
@@ -17,7 +17,10 @@ allocate on the *current* device (``with device:`` or ``device.use()``, as ``cup
 ``asarray`` honours ``device=`` (array-api-compat's CuPy ``asarray`` does), and any operation on
 an array that is not on the current device raises, as a CuPy kernel launch does. So code that
 forgets to make its device current fails here on the CPU, which array-api-strict's
-``Device("device1")`` (it honours ``device=``) cannot show.
+``Device("device1")`` (it honours ``device=``) cannot show. A ``with device:`` block restores the
+device that was current before it at its exit, undoing a ``use()`` inside it, as
+``cupy.cuda.Device`` does. And as CuPy, an array refuses implicit conversion to NumPy
+(``numpy.asarray(array)`` raises ``TypeError``) and has no ``__index__``.
 """
 from __future__ import annotations
 
@@ -48,15 +51,18 @@ class FakeDevice:
         return f"dev{self.id}"
 
     def __enter__(self) -> "FakeDevice":
-        self.namespace._stack().append(self)
+        """Remember the current device and make this one current (``cupy.cuda.Device.__enter__``)."""
+        self.namespace._stack().append(self.namespace.current())
+        self.namespace._local.current = self
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.namespace._stack().pop()
+        """Make the device remembered at the entry current again, whatever ``use()`` did inside."""
+        self.namespace._local.current = self.namespace._stack().pop()
 
     def use(self) -> None:
         """Make this device current until another is (``cupy.cuda.Device.use``)."""
-        self.namespace._local.base = self
+        self.namespace._local.current = self
 
     def __repr__(self) -> str:
         return f"FakeDevice({self.id})"
@@ -99,9 +105,8 @@ class Namespace:
         return stack
 
     def current(self) -> FakeDevice:
-        """The current device: the innermost ``with device:``, else the last ``use()``, else device 0."""
-        stack = self._stack()
-        return stack[-1] if stack else getattr(self._local, "base", None) or self.devices[0]
+        """The current device of this thread: set by ``with device:`` and ``use()``, device 0 at first."""
+        return getattr(self._local, "current", None) or self.devices[0]
 
     def __array_namespace_info__(self) -> Any:
         namespace = self
@@ -288,12 +293,20 @@ class Array:
     def __bool__(self) -> bool:
         return bool(self._read("bool"))
 
-    def __index__(self) -> int:
-        return operator.index(self._read("index"))
-
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        data = self._read("to_numpy")
-        return np.array(data, dtype=dtype, copy=True) if copy or dtype is not None else data
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a "
+                        "NumPy array explicitly.")
+
+    def get(self) -> np.ndarray:
+        """A NumPy copy, the explicit transfer (``cupy.ndarray.get``)."""
+        return np.array(self._read("to_numpy"), copy=True)
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        """The data through DLPack (what ``numpy.from_dlpack`` and so ``xpnn.to_numpy`` use): a host read."""
+        return self._read("to_numpy").__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._data.__dlpack_device__()
 
     # ---- indexing ---------------------------------------------------------------------
 

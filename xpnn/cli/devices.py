@@ -1,5 +1,5 @@
 """``xpnn devices``: the array libraries' versions, the GPUs CuPy finds (each one checked with a
-kernel and a matmul), and what ``--device auto`` picks."""
+kernel, a matmul and a random draw), and what ``--device auto`` picks."""
 from __future__ import annotations
 
 import argparse
@@ -22,7 +22,7 @@ def _gpus() -> list[dict[str, Any]]:
             with cupy.cuda.Device(i):
                 free, total = cupy.cuda.runtime.memGetInfo()
             name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-            try:  # the availability check: an element-wise kernel and a matmul
+            try:  # the availability check: an element-wise kernel, a matmul and a random draw
                 backend.resolve(f"gpu:{i}")
                 usable = "ok"
             except backend.DeviceError as exc:
@@ -54,6 +54,6 @@ def cmd_devices(args: argparse.Namespace) -> int:
     print("  cpu     NumPy")
     for gpu in gpus:
         print(f"  {gpu['device']:<7} {gpu['name']}, {gpu['memory_total_gib']} GiB ({gpu['memory_free_gib']} GiB free): "
-              f"{'kernel and matmul ran' if gpu['usable'] == 'ok' else 'UNUSABLE: ' + gpu['usable']}")
+              f"{'kernel, matmul and random draw ran' if gpu['usable'] == 'ok' else 'UNUSABLE: ' + gpu['usable']}")
     print(f"--device auto picks: {auto}" + (f" ({reason})" if reason else ""))
     return 0

@@ -17,7 +17,7 @@ import pytest
 import xpnn
 from xpnn import backend, distributed, instrumented, layers, losses, optim
 from xpnn.data import transforms
-from xpnn.train import loop
+from xpnn.train import inputs, loop
 
 
 @pytest.fixture
@@ -186,6 +186,39 @@ def test_device_inputs_with_nan_are_refused_before_training(xp):
         for key, value in model.state_dict().items():
             np.testing.assert_array_equal(value, before[key])
 
+
+
+def test_device_inputs_are_checked_in_bounded_slices_with_one_read(xp, monkeypatch):
+    """The NaN/inf/range check of data on the device never builds a temporary the size of the data."""
+    slice_elements = 2 * 3 * 8 * 8
+    monkeypatch.setattr(inputs, "CHECK_SLICE_ELEMENTS", slice_elements)
+    x_host = np.random.default_rng(0).random((11, 3, 8, 8)).astype(np.float32)
+    with xpnn.use_device(backend.Device.from_namespace(xp, xp.devices[0])):
+        model = _cnn()
+        x = xpnn.to_device(x_host)
+        xp.reset()
+        assert inputs.checked_inputs(model, x, "x") is x
+        assert 0 < max(xp.largest.values()) <= slice_elements, xp.largest
+        assert dict(xp.host_reads) == {"bool": 1}
+        x_host[10, 2, 7, 7] = np.inf  # in the last, short slice
+        with pytest.raises(xpnn.errors.DataError, match="x contains 1 NaN/inf value\\(s\\); the first is in sample 10"):
+            inputs.checked_inputs(model, xpnn.to_device(x_host), "x")
+
+
+def test_fit_checks_its_validation_data_once_not_every_epoch(xp, monkeypatch):
+    checked = []
+    real = loop.checked_data
+    monkeypatch.setattr(loop, "checked_data", lambda model, x, y, loss, names: (checked.append(names),
+                                                                                real(model, x, y, loss, names))[1])
+    x_host, y_host = _data()
+    with xpnn.use_device(backend.Device.from_namespace(xp, xp.devices[0])):
+        model = _cnn()
+        x, y = xpnn.to_device(x_host.astype(np.float32) / 255), xpnn.to_device(y_host)
+        history = model.fit(x, y, loss="cross_entropy", epochs=3, batch_size=6, verbose=0, validation_data=(x, y))
+    assert checked == [("x", "y"), ("x_val", "y_val")]
+    assert len(history["val_loss"]) == 3
+    model.evaluate(x_host, y_host, scale="unit")
+    assert checked[-1] == ("x", "y"), "evaluate on its own still checks its data"
 
 # --------------------------------------------------------------------------- the stand-in is as strict as CuPy
 

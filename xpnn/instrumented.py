@@ -7,6 +7,8 @@ namespace forwards each function to ``array_api_compat.numpy`` and records:
 * ``ops``: array operations by name, one per call that would launch a GPU kernel or copy. Views
   (``permute_dims``, basic slicing, a ``reshape`` that needs no copy, ``broadcast_to``, ...),
   ``empty`` (an allocation, no kernel) and no-op ``astype``/``asarray`` are free.
+* ``largest``: by name, the most elements one such operation read or wrote (what its temporaries
+  cost in memory).
 * ``host_reads``: everything that waits for the device and brings a value back: ``float()``,
   ``int()``, ``bool()``, the explicit copy to NumPy (``get()`` or DLPack: what ``xpnn.to_numpy``
   does), data-dependent shapes (boolean-mask indexing, ``nonzero``, ``unique_*``), which CuPy must
@@ -89,6 +91,7 @@ class Namespace:
         self._local = threading.local()
         self.ops: collections.Counter[str] = collections.Counter()
         self.host_reads: collections.Counter[str] = collections.Counter()
+        self.largest: dict[str, int] = {}
         self.recording = True
         for dtype in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32",
                       "float64", "complex64", "complex128"):
@@ -125,6 +128,7 @@ class Namespace:
     def reset(self) -> None:
         self.ops.clear()
         self.host_reads.clear()
+        self.largest.clear()
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -135,9 +139,11 @@ class Namespace:
         finally:
             self.recording = was
 
-    def count(self, name: str) -> None:
+    def count(self, name: str, *operands: Any) -> None:
+        """One operation ``name`` on ``operands`` (arrays, NumPy data, or lists of them), its result included."""
         if self.recording:
             self.ops[name] += 1
+            self.largest[name] = max(self.largest.get(name, 0), _elements(operands))
 
     def read(self, name: str) -> None:
         if self.recording:
@@ -192,7 +198,7 @@ class Namespace:
             if name in _SYNCING:
                 self.read(name)
             if isinstance(result, (np.ndarray, np.generic, tuple, list)) and name not in _FREE:
-                self.count(name)
+                self.count(name, data_args, data_kwargs, result)
             return self.wrap(result)
 
         call.__name__ = name
@@ -208,25 +214,25 @@ class Namespace:
             same = dtype is None or obj.dtype == dtype
             if same and not copy:
                 return obj
-            self.count("astype" if not same else "copy")
+            self.count("astype" if not same else "copy", obj._data)
             return Array(self, np.array(obj._data, dtype=dtype, copy=True), obj._device)
         target = device if isinstance(device, FakeDevice) else self.current()
-        self.count("to_device")
         data = np.array(obj if isinstance(obj, np.ndarray) else self.unwrap(obj, "asarray"), dtype=dtype, copy=True)
+        self.count("to_device", data)
         return Array(self, data, target)
 
     def astype(self, x: "Array", dtype: Any, /, *, copy: bool = True, device: Any = None) -> "Array":
         self._check(x, "astype")
         if x.dtype == dtype and not copy:
             return x
-        self.count("astype")
+        self.count("astype", x._data)
         return Array(self, x._data.astype(dtype, copy=True), x._device)
 
     def reshape(self, x: "Array", /, shape: tuple[int, ...], *, copy: bool | None = None) -> "Array":
         self._check(x, "reshape")
         data = np.reshape(x._data, shape, copy=copy) if copy is not None else np.reshape(x._data, shape)
         if copy or not np.shares_memory(data, x._data):
-            self.count("reshape(copy)")
+            self.count("reshape(copy)", data)
         return Array(self, data, x._device)
 
 
@@ -327,14 +333,27 @@ class Array:
         data_key, advanced = self._key(key)
         result = self._data[data_key]
         if advanced:
-            self._ns.count("gather")
+            self._ns.count("gather", result)
         return Array(self._ns, np.asarray(result), self._device)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._ns._check(self, "__setitem__")
         data_key, _ = self._key(key)
         self._data[data_key] = self._ns.unwrap(value, "__setitem__")
-        self._ns.count("setitem")
+        self._ns.count("setitem", self._data[data_key])
+
+
+def _elements(value: Any) -> int:
+    """The most elements of one array in ``value`` (an array, NumPy data, or nested lists, tuples and dicts of them)."""
+    if isinstance(value, Array):
+        return value.size
+    if isinstance(value, (np.ndarray, np.generic)):
+        return int(np.size(value))
+    if isinstance(value, dict):
+        value = tuple(value.values())
+    if isinstance(value, (list, tuple)):
+        return max((_elements(v) for v in value), default=0)
+    return 0
 
 
 def _binary(name: str, function: Any, reflected: bool = False) -> Any:
@@ -345,7 +364,7 @@ def _binary(name: str, function: Any, reflected: bool = False) -> Any:
         ns._check(self, name)
         data = ns.unwrap(other, name)
         result = function(data, self._data) if reflected else function(self._data, data)
-        ns.count(name.strip("_"))
+        ns.count(name.strip("_"), self._data, data, result)
         return Array(ns, np.asarray(result), self._device)
     method.__name__ = name
     return method
@@ -356,7 +375,7 @@ def _inplace(name: str, function: Any) -> Any:
         ns = self._ns
         ns._check(self, name)
         function(self._data, ns.unwrap(other, name))
-        ns.count(name.strip("_"))
+        ns.count(name.strip("_"), self._data)
         return self
     method.__name__ = name
     return method
@@ -365,7 +384,7 @@ def _inplace(name: str, function: Any) -> Any:
 def _unary(name: str, function: Any) -> Any:
     def method(self: Array) -> Array:
         self._ns._check(self, name)
-        self._ns.count(name.strip("_"))
+        self._ns.count(name.strip("_"), self._data)
         return Array(self._ns, np.asarray(function(self._data)), self._device)
     method.__name__ = name
     return method

@@ -267,8 +267,9 @@ class DataParallel:
     def evaluate(self, model: Any, x: Any, y: Any, *, run: Callable[..., dict[str, float]],
                  **kwargs: Any) -> dict[str, float]:
         """``run(model, x, y, **kwargs)`` on this rank's slice of ``(x, y)``, combined over ranks,
-        weighted by the slices' sizes. ``fit`` passes ``run=``:func:`xpnn.train.evaluate`: the
-        strategy sits below training and does not import it."""
+        weighted by the slices' sizes. ``fit`` passes as ``run`` its evaluation of data it has
+        already checked (:func:`xpnn.train.evaluate` without the checks): the strategy sits below
+        training and does not import it."""
         lo, hi = shard_bounds(int(x.shape[0]), self.rank, self.size)
         mine = run(model, x[lo:hi], y[lo:hi], **kwargs) if hi > lo else {}
         gathered = [(n, logs) for n, logs in self.mpi.allgather((hi - lo, mine)) if n]

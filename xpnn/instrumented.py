@@ -6,7 +6,8 @@ namespace forwards each function to ``array_api_compat.numpy`` and records:
 
 * ``ops``: array operations by name, one per call that would launch a GPU kernel or copy. Views
   (``permute_dims``, basic slicing, a ``reshape`` that needs no copy, ``broadcast_to``, ...),
-  ``empty`` (an allocation, no kernel) and no-op ``astype``/``asarray`` are free.
+  ``empty`` (an allocation, no kernel) and no-op ``astype``/``asarray`` are free. ``concat`` counts
+  what CuPy launches for it: a copy per array, or one kernel and its tables' transfers.
 * ``largest``: by name, the most elements one such operation read or wrote (what its temporaries
   cost in memory).
 * ``host_reads``: everything that waits for the device and brings a value back: ``float()``,
@@ -220,6 +221,24 @@ class Namespace:
         data = np.array(obj if isinstance(obj, np.ndarray) else self.unwrap(obj, "asarray"), dtype=dtype, copy=True)
         self.count("to_device", data)
         return Array(self, data, target)
+
+    def concat(self, arrays: "list[Array] | tuple[Array, ...]", /, *, axis: int | None = 0) -> "Array":
+        """Counted as CuPy launches it (``cupy/_core/_routines_manipulation.pyx``): one copy kernel per
+        array, except for more than 8 arrays of one dtype averaging under 2 MiB: one kernel, after
+        copying its table of pointers (and, unless all are contiguous of one shape, of offsets and strides)
+        to the device."""
+        data = [self.unwrap(a, "concat") for a in arrays]
+        result = np.concat(data, axis=axis)
+        same_shape = all(d.shape == data[0].shape and d.flags.c_contiguous for d in data)
+        if (len(data) > 8 and all(d.dtype == result.dtype for d in data)
+                and result.nbytes < 2 * 1024 * 1024 * len(data)):
+            self.count("concat", result)
+            for table in range(1 if same_shape else 3):
+                self.count("to_device")
+        else:
+            for d in data:
+                self.count("concat", d)
+        return Array(self, result, self.current())
 
     def astype(self, x: "Array", dtype: Any, /, *, copy: bool = True, device: Any = None) -> "Array":
         self._check(x, "astype")

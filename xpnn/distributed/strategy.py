@@ -158,7 +158,8 @@ class DataParallel:
         by ``local_count / global_count`` (the global batch, by default the one being sharded)
         before the sum. A missing gradient counts as zero. Each bucket is one concatenation of
         its gradients, one scaling and the all-reduce (three operations, whatever the number of
-        parameters); the gradients become views of the reduced buffer. Runs with the
+        parameters); the gradients become views of the reduced buffer, which the optimizer then
+        takes as its flat gradient without copying them again. Runs with the
         parameters' device made current (see :func:`xpnn.backend.device_context`).
         """
         total = self._global_count if global_count is None else global_count
@@ -183,7 +184,7 @@ class DataParallel:
                         buffer *= weight
                 buffer = self._allreduce(buffer)
                 for slot in bucket.slots:
-                    slot.param.grad = xp.reshape(buffer[slot.lo:slot.hi], slot.shape)
+                    slot.param.set_grad_in(buffer, slot.lo)
 
     def _allreduce(self, buffer: Any) -> Any:
         if self.profile:

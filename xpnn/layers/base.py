@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
 
+from array_api_compat import array_namespace
+
 from .. import backend
 from ..errors import ShapeError
 
@@ -25,13 +27,32 @@ class Parameter:
     no optimizer ever moves it.
     """
 
-    __slots__ = ("name", "value", "grad", "trainable")
+    __slots__ = ("name", "value", "grad", "trainable", "_grad_in")
 
     def __init__(self, value: Any, name: str = "") -> None:
         self.name = name
         self.value = value
         self.grad: Any = None
         self.trainable = True
+        self._grad_in: tuple[Any, int, Any] | None = None
+
+    def set_grad_in(self, buffer: Any, lo: int) -> None:
+        """Make ``grad`` the view ``buffer[lo:lo + size]`` of a flat 1-d buffer (the data-parallel
+        all-reduce leaves the gradients so), remembering where it sits: see :meth:`grad_location`."""
+        view = array_namespace(buffer).reshape(buffer[lo:lo + self.size], self.shape)
+        self.grad = view
+        self._grad_in = (buffer, lo, view)
+
+    def grad_location(self) -> tuple[Any, int] | None:
+        """``(buffer, lo)`` while ``grad`` is still the view :meth:`set_grad_in` made, else None.
+
+        An optimizer takes gradients that lie one after the other in one buffer as a slice of it,
+        instead of copying them into its own flat gradient.
+        """
+        where = self._grad_in
+        if where is None or where[2] is not self.grad:
+            return None
+        return where[0], where[1]
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -129,6 +129,28 @@ def test_the_optimizer_steps_on_the_all_reduced_buffer_without_copying_the_gradi
     for a, b in zip(*(m.state_dict().values() for m in models)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
+
+def test_a_gradient_dropped_after_the_step_lets_its_all_reduced_bucket_go():
+    """Where a gradient lay is remembered only while it is that gradient: the bucket is freed with it."""
+    import gc
+    import weakref
+
+    from test_distributed import FakeMpi
+
+    model = xpnn.Sequential([layers.Linear(4, 3), layers.ReLU(), layers.Linear(3, 2)])
+    params = model.parameters()
+    out, backprop = model(xpnn.to_device(np.ones((2, 4)), dtype="float32"), train=True)
+    backprop(out)
+    mpi = FakeMpi()
+    distributed.DataParallel(mpi, mpi).reduce_gradients(params, 1, 2)
+    buffer = params[0].grad_location()[0]
+    assert [p.grad_location() for p in params] == [(buffer, lo) for lo in (0, 12, 15, 21)]
+    bucket = weakref.ref(buffer)
+    del buffer, out, backprop
+    model.zero_grad()
+    gc.collect()
+    assert bucket() is None and all(p.grad_location() is None for p in params)
+
 # --------------------------------------------------------------------------- no hidden syncs
 
 

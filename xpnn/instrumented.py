@@ -229,11 +229,11 @@ class Namespace:
         to the device."""
         data = [self.unwrap(a, "concat") for a in arrays]
         result = np.concat(data, axis=axis)
-        same_shape = all(d.shape == data[0].shape and d.flags.c_contiguous for d in data)
+        contiguous_same_shape = all(d.shape == data[0].shape and d.flags.c_contiguous for d in data)
         if (len(data) > 8 and all(d.dtype == result.dtype for d in data)
                 and result.nbytes < 2 * 1024 * 1024 * len(data)):
             self.count("concat", result)
-            for table in range(1 if same_shape else 3):
+            for _ in range(1 if contiguous_same_shape else 3):
                 self.count("to_device")
         else:
             for d in data:

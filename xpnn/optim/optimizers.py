@@ -137,11 +137,11 @@ class Optimizer:
         (the idea of PyTorch's foreach/fused optimizers). On NumPy, where an operation costs no
         launch, each parameter's view of the buffers is updated in turn, which spares copying the
         gradients into one buffer; the arithmetic is the same. Gradients the data-parallel
-        all-reduce left in its buckets are used there, not copied again (:func:`_flat_gradient`). The first step, and any step after the
-        set of parameters or one of their arrays was replaced (``load_state_dict``, ``model.to``,
-        a layer unfrozen), copies them into the buffer and makes each ``Parameter.value`` (and each
-        state array in ``self.state``) a view of it; an array taken from a parameter before that
-        is no longer the one updated.
+        all-reduce left in its buckets are used there, not copied again (:func:`_flat_gradient`).
+        The first step, and any step after the set of parameters or one of their arrays was
+        replaced (``load_state_dict``, ``model.to``, a layer unfrozen), copies them into the buffer
+        and makes each ``Parameter.value`` (and each state array in ``self.state``) a view of it;
+        an array taken from a parameter before that is no longer the one updated.
         """
         if not isinstance(params, (list, tuple)):
             params = list(params)

@@ -36,7 +36,7 @@ def on_models_device(model: Any, array: Any) -> bool:
 CHECK_SLICE_ELEMENTS = 2 ** 24
 
 
-def within_limit(array: Any, limit: float) -> bool:
+def _within_limit(array: Any, limit: float) -> bool:
     """Whether every value of the floating-point ``array`` is finite and at most ``limit`` in magnitude.
 
     Checked in slices of whole samples of about :data:`CHECK_SLICE_ELEMENTS` elements (one sample
@@ -62,7 +62,7 @@ def checked_inputs(model: Any, array: Any, name: str) -> Any:
     xp = array_namespace(array)
     suspect = array.ndim == 0 or int(array.shape[0]) == 0 or xp.isdtype(array.dtype, "complex floating")
     if not suspect and xp.isdtype(array.dtype, "real floating"):  # NaN, inf or beyond the model's dtype
-        suspect = not within_limit(array, float(np.finfo(model.dtype).max))
+        suspect = not _within_limit(array, float(np.finfo(model.dtype).max))
     if suspect:
         check_inputs(backend.to_numpy(array), name, model.dtype)  # the host copy only to word the error
     return array

@@ -183,7 +183,7 @@ def evaluate(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, ba
 
 
 def _evaluate_checked(model: Any, x_data: Any, y_data: Any, *, loss: Loss, batch_size: int,
-                     scale: Any) -> dict[str, float]:
+                      scale: Any) -> dict[str, float]:
     """:func:`evaluate` on data :func:`checked_data` already returned (``fit``'s validation data,
     checked once before the first epoch), with the model's device current."""
     loader = DataLoader(x_data, y_data, batch_size, device=model.device, dtype=model.dtype, scale=scale)

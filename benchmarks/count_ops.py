@@ -1,6 +1,6 @@
 """Array operations (GPU kernel launches) and host reads in one training step, counted on the CPU.
 
-    python benchmarks/count_ops.py [--only fashion catdog] [--optimizer adam] [--class-weight] [--by-name]
+    python benchmarks/count_ops.py [--only fashion fashion-bn catdog] [--optimizer adam] [--class-weight] [--by-name]
 
 Each workload runs on :mod:`xpnn.instrumented`, an array-API namespace over NumPy that counts
 every call that would launch a kernel or a copy on a GPU (views, ``empty`` and no-op casts are
@@ -118,7 +118,7 @@ def count_fit(name: str, optimizer: str, class_weight: bool = False) -> tuple[di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=sorted(WORKLOADS), default=["fashion", "catdog"])
+    parser.add_argument("--only", nargs="+", choices=sorted(WORKLOADS), default=["fashion", "fashion-bn", "catdog"])
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
     parser.add_argument("--class-weight", action="store_true",
                         help="fit with class_weight='balanced' (the loss weighs each sample)")

@@ -9,6 +9,7 @@ that cannot run is skipped saying what is missing: CuPy, the driver, a GPU, or a
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -85,31 +86,121 @@ def rng():
     return np.random.default_rng(1234)
 
 
-class _GpuDevice:
-    """``cupy.cuda.Device`` as far as xpnn's availability check uses it."""
+class FakeCupy:
+    """CuPy as far as xpnn's GPU set-up uses it, with CUDA's rules about devices.
 
-    def __init__(self, index):
-        self.id = index
+    As ``cupy/cuda/device.pyx`` over the CUDA runtime: ``Device(i)`` touches nothing;
+    ``Device.__enter__`` remembers the current device and switches only if it differs;
+    ``__exit__`` always calls ``runtime.setDevice(remembered)``, which is 0 in a fresh process;
+    ``use()`` is ``setDevice(i)``. Since CUDA 12 ``setDevice`` creates that GPU's context, and so
+    does the first allocation or kernel on the current device: ``initialised`` records the GPUs
+    that got one. ``broken`` names a library that cannot be loaded, and the operations needing it
+    raise as CuPy then does: ``libnvrtc`` every element-wise kernel, ``libcublas`` a matmul,
+    ``libcurand`` random numbers; any other name every kernel.
+    """
 
-    def __enter__(self):
-        return self
+    float32 = np.float32
 
-    def __exit__(self, *exc):
-        return False
+    def __init__(self, gpus: int = 1, broken: str | None = None) -> None:
+        import types
+
+        self.initialised: set[int] = set()
+        self.broken = broken
+        self._current = 0
+        self._stack: list[int] = []
+        fake = self
+
+        class Device:
+            def __init__(self, index=None):
+                self.id = fake._current if index is None else int(index)
+
+            def __enter__(self):
+                previous = fake._current
+                fake._stack.append(previous)
+                if self.id != previous:
+                    fake._set_device(self.id)
+                return self
+
+            def __exit__(self, *exc):
+                fake._set_device(fake._stack.pop())
+
+            def use(self):
+                fake._set_device(self.id)
+                return self
+
+        self.runtime = types.SimpleNamespace(
+            getDeviceCount=lambda: gpus, getDevice=lambda: self._current, setDevice=self._set_device,
+            memGetInfo=lambda: (70 * 2**30, 80 * 2**30), getDeviceProperties=lambda i: {"name": b"Test GPU"})
+        driver = types.SimpleNamespace(ctxGetCurrent=lambda: 1 + self._current if self._current in self.initialised
+                                       else 0)
+        self.cuda = types.SimpleNamespace(Device=Device, runtime=self.runtime, driver=driver)
+        self.random = types.SimpleNamespace(default_rng=lambda seed=None: types.SimpleNamespace(
+            random=lambda shape, dtype=np.float64: self._launch("curand", np.full(shape, 0.5, dtype=dtype))))
+
+    def _set_device(self, index: int) -> None:
+        self._current = index
+        self.initialised.add(index)
+
+    def _launch(self, library: str, data: np.ndarray) -> "_FakeGpuArray":
+        """A kernel on the current device: it gets a context, and fails if ``library`` (or any, for an
+        unknown broken name) cannot be loaded."""
+        self.initialised.add(self._current)
+        broken = self.broken
+        if broken and (library in broken or not any(name in broken for name in ("nvrtc", "cublas", "curand"))):
+            raise RuntimeError(f"CuPy failed to load {broken}: OSError: {broken}: cannot open shared object file")
+        return _FakeGpuArray(self, data)
+
+    def arange(self, *args, dtype=None):
+        return self._launch("nvrtc", np.arange(*args, dtype=dtype))
+
+    def asarray(self, obj, dtype=None):
+        return self._launch("nvrtc", np.asarray(obj, dtype=dtype))
+
+
+class _FakeGpuArray:
+    """An array of :class:`FakeCupy`: each operation is a kernel on the current device."""
+
+    def __init__(self, cupy: FakeCupy, data: np.ndarray) -> None:
+        self.cupy, self.data = cupy, data
+
+    def reshape(self, *shape):
+        return _FakeGpuArray(self.cupy, self.data.reshape(*shape))
+
+    def __mul__(self, other):
+        return self.cupy._launch("nvrtc", self.data * getattr(other, "data", other))
+
+    def __add__(self, other):
+        return self.cupy._launch("nvrtc", self.data + getattr(other, "data", other))
+
+    def __matmul__(self, other):
+        return self.cupy._launch("cublas", self.data @ other.data)
+
+    def sum(self):
+        return self.cupy._launch("nvrtc", self.data.sum())
+
+    def __float__(self):
+        return float(self.data)
+
+
+@pytest.fixture
+def fake_cupy():
+    """A factory for a :class:`FakeCupy` with ``gpus`` GPUs, made the CuPy xpnn imports; its array
+    namespace (which xpnn takes without creating an array) is a stand-in module."""
+    import types
+
+    def make(gpus: int = 1, broken: str | None = None) -> FakeCupy:
+        cupy = FakeCupy(gpus, broken)
+        monkeypatch.setattr(backend, "_import_cupy", lambda spec: cupy)
+        monkeypatch.setattr(backend, "_working_gpus", set())
+        monkeypatch.setitem(sys.modules, "array_api_compat.cupy", types.ModuleType("array_api_compat.cupy"))
+        return cupy
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield make
 
 
 @pytest.fixture
 def failing_cupy():
     """A factory for a stand-in CuPy whose driver sees one GPU but whose ``library`` (e.g.
-    ``"libnvrtc.so.12"``) cannot be loaded: every kernel launch raises as CuPy then does."""
-    import types
-
-    def make(library: str):
-        def arange(*args, **kwargs):
-            raise RuntimeError(f"CompileException: {library}: cannot open shared object file")
-
-        runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, memGetInfo=lambda: (70 * 2**30, 80 * 2**30),
-                                        getDeviceProperties=lambda i: {"name": b"Test GPU"})
-        return types.SimpleNamespace(float32="float32", arange=arange,
-                                     cuda=types.SimpleNamespace(Device=_GpuDevice, runtime=runtime))
-    return make
+    ``"libnvrtc.so.12"``) cannot be loaded: the operations that need it raise as CuPy then does."""
+    return lambda library: FakeCupy(gpus=1, broken=library)

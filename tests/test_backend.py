@@ -124,6 +124,7 @@ def test_seed_gives_same_initial_weights_on_every_backend():
 
 
 @pytest.mark.parametrize("library, named", [("libnvrtc.so.12", "NVRTC"), ("libcublas.so.12", "cuBLAS"),
+                                            ("libcurand.so.10", "cuRAND"),
                                             ("something else", "a CUDA library or the driver")])
 def test_gpu_that_cannot_compute_is_a_device_error_and_auto_falls_back(monkeypatch, failing_cupy, library, named):
     monkeypatch.setattr(backend, "_import_cupy", lambda spec: failing_cupy(library))
@@ -141,3 +142,37 @@ def test_gpu_that_cannot_compute_is_a_device_error_and_auto_falls_back(monkeypat
             assert xpnn.set_device("auto").name == "cpu"
     finally:
         xpnn.set_device("cpu")
+
+
+def test_set_device_initialises_only_the_gpu_it_names(fake_cupy):
+    """In a fresh process GPU 0 is current but has no context yet: making gpu:1 current first and
+    taking the namespace without an array leaves GPU 0 untouched (one context per rank under mpirun)."""
+    cupy = fake_cupy(gpus=2)
+    try:
+        device = xpnn.set_device("gpu:1")
+        assert device.name == "gpu:1" and cupy.initialised == {1}
+        assert cupy.runtime.getDevice() == 1
+        with xpnn.use_device("gpu:1"):
+            pass
+        assert cupy.initialised == {1} and cupy.runtime.getDevice() == 1
+    finally:
+        xpnn.set_device("cpu")
+
+
+def test_a_second_gpu_is_probed_without_changing_the_current_one(fake_cupy):
+    cupy = fake_cupy(gpus=2)
+    try:
+        xpnn.set_device("gpu:0")
+        with xpnn.use_device("gpu:1"):
+            assert cupy.runtime.getDevice() == 1
+        assert cupy.initialised == {0, 1} and cupy.runtime.getDevice() == 0
+    finally:
+        xpnn.set_device("cpu")
+
+
+def test_xpnn_device_gpu_makes_that_gpu_current_as_set_device_does(fake_cupy, monkeypatch):
+    cupy = fake_cupy(gpus=2)
+    monkeypatch.setenv("XPNN_DEVICE", "gpu:1")
+    monkeypatch.setattr(backend, "_default", None)
+    assert xpnn.get_device() == "gpu:1"
+    assert cupy.initialised == {1} and cupy.runtime.getDevice() == 1

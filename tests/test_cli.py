@@ -419,3 +419,47 @@ def test_devices_shows_a_gpu_that_fails_the_availability_check(monkeypatch, caps
     assert "gpu:0   Test GPU, 80.0 GiB (70.0 GiB free): UNUSABLE: device 'gpu:0': CuPy found gpu:0 but cannot " \
            "compute on it: NVRTC (libnvrtc)" in out
     assert "--device auto picks: cpu (device 'gpu:0': CuPy found gpu:0 but cannot compute on it: NVRTC" in out
+
+
+@pytest.mark.parametrize("nccl_loads, expected", [
+    (True, "multi-GPU all-reduce: NCCL"),
+    (False, "multi-GPU all-reduce: MPI through host memory (NCCL unusable: ImportError: CuPy was installed without "
+            "NCCL (pip install nvidia-nccl-cu12); for NCCL: pip install \"xpnn[gpu-dist]\")"),
+])
+def test_devices_says_which_all_reduce_a_multi_gpu_run_would_use(monkeypatch, capsys, fake_cupy, nccl_loads, expected):
+    import importlib.util
+    import types
+
+    from xpnn import cli
+    from xpnn.distributed import transports
+
+    def load():
+        if not nccl_loads:
+            raise ImportError("CuPy was installed without NCCL (pip install nvidia-nccl-cu12)")
+        return types.SimpleNamespace()
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(gpus=2))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "cupy" else None)
+    monkeypatch.setattr(transports, "_load_nccl", load)
+    monkeypatch.setattr(cli.devices, "library_versions", lambda: {"xpnn": "test"})
+    try:
+        assert cli.cmd_devices(types.SimpleNamespace(json=False)) == 0
+        assert cli.cmd_devices(types.SimpleNamespace(json=True)) == 0
+    finally:
+        xpnn.set_device("cpu")
+    out = capsys.readouterr().out
+    assert "gpu:1   Test GPU, 80.0 GiB (70.0 GiB free): kernel, matmul and random draw ran" in out
+    assert expected in out
+    assert json.loads(out[out.index("{"):])["allreduce"] == ("nccl" if nccl_loads else "mpi")
+
+
+def test_devices_without_a_gpu_says_data_parallel_runs_use_mpi(monkeypatch, capsys):
+    import types
+
+    from xpnn import cli
+
+    monkeypatch.setattr(cli.devices, "_gpus", lambda: [])
+    monkeypatch.setattr(cli.devices, "library_versions", lambda: {"xpnn": "test"})
+    assert cli.cmd_devices(types.SimpleNamespace(json=False)) == 0
+    assert "multi-GPU all-reduce: none (no usable GPU; data-parallel runs on CPUs all-reduce through MPI)" in \
+        capsys.readouterr().out

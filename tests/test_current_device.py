@@ -9,6 +9,7 @@ current. It also counts host reads (``float()``, ``bool()``, ``to_numpy``, boole
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import pytest
 import xpnn
 from xpnn import backend, distributed, instrumented, layers, losses, optim
 from xpnn.data import transforms
-from xpnn.train import loop
+from xpnn.train import inputs, loop
 
 
 @pytest.fixture
@@ -92,6 +93,64 @@ def test_gradient_reduction_runs_on_the_parameters_device(xp):
         np.testing.assert_allclose(backend.to_numpy(p.grad), 1.0)  # weight 1/2, summed over two equal ranks
 
 
+
+@pytest.mark.parametrize("bucket_bytes", [10**9, 40])
+def test_the_optimizer_steps_on_the_all_reduced_buffer_without_copying_the_gradients_again(xp, bucket_bytes):
+    """Under data parallelism the gradients are gathered into the all-reduce's buckets; the optimizer
+    takes each bucket as its slice of the flat gradient instead of gathering them a second time.
+    The update equals a step on copies of the same gradients."""
+    from test_distributed import FakeMpi
+
+    with xpnn.use_device(backend.Device.from_namespace(xp, xp.devices[0])):
+        xpnn.seed(0)
+        models = [xpnn.Sequential([layers.Linear(4, 3), layers.ReLU(), layers.Linear(3, 2)]) for _ in range(2)]
+        models[1].load_state_dict(models[0].state_dict())
+        x = xpnn.to_device(np.random.default_rng(0).standard_normal((5, 4)), dtype="float32")
+        optimizers = [optim.Adam(1e-2), optim.Adam(1e-2)]
+        for step in range(2):
+            for model, opt, reduced in zip(models, optimizers, (True, False)):
+                params = model.parameters()
+                out, backprop = model(x, train=True)
+                backprop(out)
+                mpi = FakeMpi()
+                if reduced:
+                    distributed.DataParallel(mpi, mpi, bucket_bytes=bucket_bytes).reduce_gradients(params, 1, 2)
+                else:
+                    for p in params:
+                        p.grad = p.grad * 1.0
+                xp.reset()
+                opt.step(params)
+                model.zero_grad()
+                if reduced and step == 1:  # the first step packs the values and the state into flat buffers
+                    buckets = len(mpi.allreduce_calls)
+                    copies = 0 if buckets == 1 else buckets  # the buckets' slices, each copied once
+                    assert xp.ops["concat"] == copies, f"the gradients were gathered again: {dict(xp.ops)}"
+    assert buckets == (1 if bucket_bytes > 1000 else 3)
+    for a, b in zip(*(m.state_dict().values() for m in models)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_a_gradient_dropped_after_the_step_lets_its_all_reduced_bucket_go():
+    """Where a gradient lay is remembered only while it is that gradient: the bucket is freed with it."""
+    import gc
+    import weakref
+
+    from test_distributed import FakeMpi
+
+    model = xpnn.Sequential([layers.Linear(4, 3), layers.ReLU(), layers.Linear(3, 2)])
+    params = model.parameters()
+    out, backprop = model(xpnn.to_device(np.ones((2, 4)), dtype="float32"), train=True)
+    backprop(out)
+    mpi = FakeMpi()
+    distributed.DataParallel(mpi, mpi).reduce_gradients(params, 1, 2)
+    buffer = params[0].grad_location()[0]
+    assert [p.grad_location() for p in params] == [(buffer, lo) for lo in (0, 12, 15, 21)]
+    bucket = weakref.ref(buffer)
+    del buffer, out, backprop
+    model.zero_grad()
+    gc.collect()
+    assert bucket() is None and all(p.grad_location() is None for p in params)
+
 # --------------------------------------------------------------------------- no hidden syncs
 
 
@@ -110,16 +169,16 @@ def _fit_reads(xp, batches, monkeypatch, sync_seconds):
 
 def test_a_training_step_never_reads_from_the_device(xp, monkeypatch):
     """Host reads of fit: the same for 1 and 4 batches (only the end-of-epoch reads: the stacked
-    losses, the loss sum and the correct count, and the finite-weights flags read before any
-    checkpoint), and with a metric read forced after every step, three per step plus the two sums
-    and the weight flags at the epoch's end."""
+    losses, the stacked correct counts, and the finite-weights flags read before any checkpoint),
+    and with a metric read forced after every step, two per step plus the weight flags at the
+    epoch's end (nothing is left to read after the last step's)."""
     one = _fit_reads(xp, 1, monkeypatch, math.inf)
     four = _fit_reads(xp, 4, monkeypatch, math.inf)
     assert one == four, f"steps read from the device: {one} for 1 batch, {four} for 4"
     assert "boolean mask" not in one
     every_step = _fit_reads(xp, 4, monkeypatch, 0.0)
-    assert sum(one.values()) == 4
-    assert sum(every_step.values()) == 4 * 3 + 3
+    assert sum(one.values()) == 3
+    assert sum(every_step.values()) == 4 * 2 + 1
 
 
 def test_probability_cross_entropy_and_color_jitter_do_not_sync(xp):
@@ -184,3 +243,60 @@ def test_device_inputs_with_nan_are_refused_before_training(xp):
             model.fit(xpnn.to_device(x), xpnn.to_device(np.zeros(4, dtype=np.int64)), loss="cross_entropy", verbose=0)
         for key, value in model.state_dict().items():
             np.testing.assert_array_equal(value, before[key])
+
+
+
+def test_device_inputs_are_checked_in_bounded_slices_with_one_read(xp, monkeypatch):
+    """The NaN/inf/range check of data on the device never builds a temporary the size of the data."""
+    slice_elements = 2 * 3 * 8 * 8
+    monkeypatch.setattr(inputs, "CHECK_SLICE_ELEMENTS", slice_elements)
+    x_host = np.random.default_rng(0).random((11, 3, 8, 8)).astype(np.float32)
+    with xpnn.use_device(backend.Device.from_namespace(xp, xp.devices[0])):
+        model = _cnn()
+        x = xpnn.to_device(x_host)
+        xp.reset()
+        assert inputs.checked_inputs(model, x, "x") is x
+        assert 0 < max(xp.largest.values()) <= slice_elements, xp.largest
+        assert dict(xp.host_reads) == {"bool": 1}
+        x_host[10, 2, 7, 7] = np.inf  # in the last, short slice
+        with pytest.raises(xpnn.errors.DataError, match="x contains 1 NaN/inf value\\(s\\); the first is in sample 10"):
+            inputs.checked_inputs(model, xpnn.to_device(x_host), "x")
+
+
+def test_fit_checks_its_validation_data_once_not_every_epoch(xp, monkeypatch):
+    checked = []
+    real = loop.checked_data
+    monkeypatch.setattr(loop, "checked_data", lambda model, x, y, loss, names: (checked.append(names),
+                                                                                real(model, x, y, loss, names))[1])
+    x_host, y_host = _data()
+    with xpnn.use_device(backend.Device.from_namespace(xp, xp.devices[0])):
+        model = _cnn()
+        x, y = xpnn.to_device(x_host.astype(np.float32) / 255), xpnn.to_device(y_host)
+        history = model.fit(x, y, loss="cross_entropy", epochs=3, batch_size=6, verbose=0, validation_data=(x, y))
+    assert checked == [("x", "y"), ("x_val", "y_val")]
+    assert len(history["val_loss"]) == 3
+    model.evaluate(x_host, y_host, scale="unit")
+    assert checked[-1] == ("x", "y"), "evaluate on its own still checks its data"
+
+# --------------------------------------------------------------------------- the stand-in is as strict as CuPy
+
+
+def test_the_stand_in_refuses_implicit_host_conversion_and_index_as_cupy_does(xp):
+    array = xp.asarray(np.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+        np.asarray(array)
+    with pytest.raises(TypeError):
+        operator.index(xp.asarray(np.array(3)))
+    np.testing.assert_array_equal(backend.to_numpy(array), [1.0, 2.0])  # the explicit way still works
+    assert int(xp.asarray(np.array(3))) == 3
+
+
+def test_use_inside_a_device_with_is_undone_at_its_exit_as_in_cupy(xp):
+    with xp.devices[0]:
+        xp.devices[1].use()
+        assert xp.current() is xp.devices[1]
+    assert xp.current() is xp.devices[0]
+    xp.devices[1].use()
+    with xp.devices[0]:
+        assert xp.current() is xp.devices[0]
+    assert xp.current() is xp.devices[1]

@@ -269,3 +269,29 @@ def test_load_state_dict_copies_so_training_never_writes_into_the_callers_arrays
     model.fit(x, y, loss="bce", optimizer=optim.SGD(lr=0.1), epochs=1, verbose=0)
     for key, value in initial.items():
         np.testing.assert_array_equal(value, snapshot[key])
+
+
+@pytest.mark.parametrize("task", ["labels", "one-hot", "binary"])
+def test_evaluate_weights_each_batch_by_its_size_and_counts_correct_predictions(device, task):
+    """evaluate's loss is the mean over samples (a short last batch weighs less) and its accuracy
+    the share of correct predictions, as computed on the host from predict's outputs."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((11, 5)).astype(np.float32)
+    outputs = 1 if task == "binary" else 3
+    model = xpnn.Sequential([layers.Linear(5, outputs)])
+    labels = rng.integers(0, outputs if outputs > 1 else 2, 11)
+    y = {"labels": labels, "one-hot": np.eye(3, dtype=np.float32)[labels],
+         "binary": labels.astype(np.float32)[:, None]}[task]
+    loss = losses.BinaryCrossEntropy() if task == "binary" else losses.CrossEntropy()
+    logs = model.evaluate(x, y, loss=loss, batch_size=4)
+    z = model.predict(x).astype(np.float64)
+    if task == "binary":
+        expected_loss = np.mean(np.logaddexp(0, z) - y * z)
+        correct = (z > 0) == (y > 0.5)
+    else:
+        log_p = z - z.max(axis=1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+        expected_loss = -np.mean(log_p[np.arange(11), labels])
+        correct = z.argmax(axis=1) == labels
+    assert logs["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert logs["accuracy"] == pytest.approx(correct.mean())

@@ -128,9 +128,15 @@ def _gpu_device(spec: str, index: int) -> Device:
             f"device {spec!r}: GPU index {index} is out of range; this machine has {count} "
             f"GPU(s): {', '.join(f'gpu:{i}' for i in range(count))}."
         )
-    _probe_gpu(cupy, spec, index)
     native = cupy.cuda.Device(index)
-    return Device(f"gpu:{index}", array_namespace(cupy.asarray(0)), native)
+    _probe_gpu(cupy, spec, native)
+    return Device(f"gpu:{index}", _cupy_namespace(), native)
+
+
+def _cupy_namespace() -> Any:
+    """array-api-compat's CuPy namespace, taken without creating an array: an array would be
+    allocated on the current GPU and so create a CUDA context there, whichever GPU was asked for."""
+    return importlib.import_module("array_api_compat.cupy")
 
 
 _working_gpus: set[int] = set()
@@ -153,20 +159,36 @@ def _missing_library(exc: BaseException) -> str:
     return "a CUDA library or the driver is missing or unusable"
 
 
-def _probe_gpu(cupy: Any, spec: str, index: int) -> None:
-    """Run a tiny element-wise kernel and a matmul on GPU ``index`` (once per process).
+def _probe_gpu(cupy: Any, spec: str, native: Any) -> None:
+    """Run a tiny element-wise kernel, a matmul and a random draw on GPU ``native.id`` (once per process).
 
-    Importing CuPy and counting GPUs needs only the driver; the first kernel needs NVRTC and the
-    first matmul cuBLAS. Trying both here turns a missing library into a :class:`DeviceError`
-    naming it and the fix (so ``auto`` falls back to the CPU), not a crash at the first layer.
+    Importing CuPy and counting GPUs needs only the driver; the first kernel needs NVRTC, the
+    first matmul cuBLAS, and dropout and augmentation draw from CuPy's generator (as
+    :func:`random_uniform` does). Trying all three here turns a missing library into a
+    :class:`DeviceError` naming it and the fix (so ``auto`` falls back to the CPU), not a crash at
+    the first layer or in the middle of an epoch.
+
+    Nothing touches another GPU: since CUDA 12 making a GPU current creates its context. In a
+    thread with no CUDA context yet (a fresh process, where GPU 0 is current without a context),
+    this GPU is made current for good, as ``set_device`` would: a ``with`` block would switch back
+    to GPU 0 at its exit and create a context there (one per rank on GPU 0 under ``mpirun``, and
+    a failure on GPUs in exclusive-process mode). Otherwise the probe runs inside ``with native``
+    and leaves the current GPU as it was.
     """
+    index = native.id
     if index in _working_gpus:
         return
     try:
-        with cupy.cuda.Device(index):
+        if cupy.cuda.driver.ctxGetCurrent() == 0:
+            native.use()
+            scope: Any = contextlib.nullcontext()
+        else:
+            scope = native
+        with scope:
             a = cupy.arange(4, dtype=cupy.float32).reshape(2, 2)
             b = a * 2.0 + 1.0
-            float((b @ b).sum())
+            noise = cupy.random.default_rng(0).random((2, 2), dtype=cupy.float32)
+            float((b @ b + noise).sum())
     except Exception as exc:  # CompileException, CUDARuntimeError, ImportError of a library, ...
         raise DeviceError(
             f"device {spec!r}: CuPy found gpu:{index} but cannot compute on it: {_missing_library(exc)} "
@@ -263,7 +285,7 @@ def current_device() -> Device:
     if stack:
         return stack[-1]
     if _default is None:
-        _default = _parse(os.environ.get("XPNN_DEVICE", "cpu"))
+        _default = _made_current(_parse(os.environ.get("XPNN_DEVICE", "cpu")))
     return _default
 
 
@@ -275,11 +297,16 @@ def set_device(spec: "str | Device") -> Device:
     An explicit GPU request never falls back: it raises :class:`DeviceError` saying why.
     """
     global _default
-    _default = _parse(spec)
-    use = getattr(_default.native, "use", None)
-    if use is not None and _needs_context(_default):
-        use()  # CuPy: new arrays of this thread go to this GPU from now on
+    _default = _made_current(_parse(spec))
     return _default
+
+
+def _made_current(device: Device) -> Device:
+    """``device`` made its library's current device for this thread (CuPy: new arrays go to this GPU)."""
+    use = getattr(device.native, "use", None)
+    if use is not None and _needs_context(device):
+        use()
+    return device
 
 
 def get_device() -> str:

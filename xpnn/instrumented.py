@@ -6,10 +6,13 @@ namespace forwards each function to ``array_api_compat.numpy`` and records:
 
 * ``ops``: array operations by name, one per call that would launch a GPU kernel or copy. Views
   (``permute_dims``, basic slicing, a ``reshape`` that needs no copy, ``broadcast_to``, ...),
-  ``empty`` (an allocation, no kernel) and no-op ``astype``/``asarray`` are free.
+  ``empty`` (an allocation, no kernel) and no-op ``astype``/``asarray`` are free. ``concat`` counts
+  what CuPy launches for it: a copy per array, or one kernel and its tables' transfers.
+* ``largest``: by name, the most elements one such operation read or wrote (what its temporaries
+  cost in memory).
 * ``host_reads``: everything that waits for the device and brings a value back: ``float()``,
-  ``int()``, ``bool()``, ``__index__``, ``numpy.asarray(array)`` (what ``xpnn.to_numpy`` does),
-  data-dependent shapes (boolean-mask indexing, ``nonzero``, ``unique_*``), which CuPy must
+  ``int()``, ``bool()``, the explicit copy to NumPy (``get()`` or DLPack: what ``xpnn.to_numpy``
+  does), data-dependent shapes (boolean-mask indexing, ``nonzero``, ``unique_*``), which CuPy must
   sync to size, and ``clip``, which array-api-compat implements for CuPy with boolean masks.
 
 Devices work as in CuPy, not as the standard says: creation functions ignore ``device=`` and
@@ -17,7 +20,10 @@ allocate on the *current* device (``with device:`` or ``device.use()``, as ``cup
 ``asarray`` honours ``device=`` (array-api-compat's CuPy ``asarray`` does), and any operation on
 an array that is not on the current device raises, as a CuPy kernel launch does. So code that
 forgets to make its device current fails here on the CPU, which array-api-strict's
-``Device("device1")`` (it honours ``device=``) cannot show.
+``Device("device1")`` (it honours ``device=``) cannot show. A ``with device:`` block restores the
+device that was current before it at its exit, undoing a ``use()`` inside it, as
+``cupy.cuda.Device`` does. And as CuPy, an array refuses implicit conversion to NumPy
+(``numpy.asarray(array)`` raises ``TypeError``) and has no ``__index__``.
 """
 from __future__ import annotations
 
@@ -48,15 +54,18 @@ class FakeDevice:
         return f"dev{self.id}"
 
     def __enter__(self) -> "FakeDevice":
-        self.namespace._stack().append(self)
+        """Remember the current device and make this one current (``cupy.cuda.Device.__enter__``)."""
+        self.namespace._stack().append(self.namespace.current())
+        self.namespace._local.current = self
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.namespace._stack().pop()
+        """Make the device remembered at the entry current again, whatever ``use()`` did inside."""
+        self.namespace._local.current = self.namespace._stack().pop()
 
     def use(self) -> None:
         """Make this device current until another is (``cupy.cuda.Device.use``)."""
-        self.namespace._local.base = self
+        self.namespace._local.current = self
 
     def __repr__(self) -> str:
         return f"FakeDevice({self.id})"
@@ -83,6 +92,7 @@ class Namespace:
         self._local = threading.local()
         self.ops: collections.Counter[str] = collections.Counter()
         self.host_reads: collections.Counter[str] = collections.Counter()
+        self.largest: dict[str, int] = {}
         self.recording = True
         for dtype in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32",
                       "float64", "complex64", "complex128"):
@@ -99,9 +109,8 @@ class Namespace:
         return stack
 
     def current(self) -> FakeDevice:
-        """The current device: the innermost ``with device:``, else the last ``use()``, else device 0."""
-        stack = self._stack()
-        return stack[-1] if stack else getattr(self._local, "base", None) or self.devices[0]
+        """The current device of this thread: set by ``with device:`` and ``use()``, device 0 at first."""
+        return getattr(self._local, "current", None) or self.devices[0]
 
     def __array_namespace_info__(self) -> Any:
         namespace = self
@@ -120,6 +129,7 @@ class Namespace:
     def reset(self) -> None:
         self.ops.clear()
         self.host_reads.clear()
+        self.largest.clear()
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -130,9 +140,11 @@ class Namespace:
         finally:
             self.recording = was
 
-    def count(self, name: str) -> None:
+    def count(self, name: str, *operands: Any) -> None:
+        """One operation ``name`` on ``operands`` (arrays, NumPy data, or lists of them), its result included."""
         if self.recording:
             self.ops[name] += 1
+            self.largest[name] = max(self.largest.get(name, 0), _elements(operands))
 
     def read(self, name: str) -> None:
         if self.recording:
@@ -187,7 +199,7 @@ class Namespace:
             if name in _SYNCING:
                 self.read(name)
             if isinstance(result, (np.ndarray, np.generic, tuple, list)) and name not in _FREE:
-                self.count(name)
+                self.count(name, data_args, data_kwargs, result)
             return self.wrap(result)
 
         call.__name__ = name
@@ -203,25 +215,43 @@ class Namespace:
             same = dtype is None or obj.dtype == dtype
             if same and not copy:
                 return obj
-            self.count("astype" if not same else "copy")
+            self.count("astype" if not same else "copy", obj._data)
             return Array(self, np.array(obj._data, dtype=dtype, copy=True), obj._device)
         target = device if isinstance(device, FakeDevice) else self.current()
-        self.count("to_device")
         data = np.array(obj if isinstance(obj, np.ndarray) else self.unwrap(obj, "asarray"), dtype=dtype, copy=True)
+        self.count("to_device", data)
         return Array(self, data, target)
+
+    def concat(self, arrays: "list[Array] | tuple[Array, ...]", /, *, axis: int | None = 0) -> "Array":
+        """Counted as CuPy launches it (``cupy/_core/_routines_manipulation.pyx``): one copy kernel per
+        array, except for more than 8 arrays of one dtype averaging under 2 MiB: one kernel, after
+        copying its table of pointers (and, unless all are contiguous of one shape, of offsets and strides)
+        to the device."""
+        data = [self.unwrap(a, "concat") for a in arrays]
+        result = np.concat(data, axis=axis)
+        contiguous_same_shape = all(d.shape == data[0].shape and d.flags.c_contiguous for d in data)
+        if (len(data) > 8 and all(d.dtype == result.dtype for d in data)
+                and result.nbytes < 2 * 1024 * 1024 * len(data)):
+            self.count("concat", result)
+            for _ in range(1 if contiguous_same_shape else 3):
+                self.count("to_device")
+        else:
+            for d in data:
+                self.count("concat", d)
+        return Array(self, result, self.current())
 
     def astype(self, x: "Array", dtype: Any, /, *, copy: bool = True, device: Any = None) -> "Array":
         self._check(x, "astype")
         if x.dtype == dtype and not copy:
             return x
-        self.count("astype")
+        self.count("astype", x._data)
         return Array(self, x._data.astype(dtype, copy=True), x._device)
 
     def reshape(self, x: "Array", /, shape: tuple[int, ...], *, copy: bool | None = None) -> "Array":
         self._check(x, "reshape")
         data = np.reshape(x._data, shape, copy=copy) if copy is not None else np.reshape(x._data, shape)
         if copy or not np.shares_memory(data, x._data):
-            self.count("reshape(copy)")
+            self.count("reshape(copy)", data)
         return Array(self, data, x._device)
 
 
@@ -288,12 +318,20 @@ class Array:
     def __bool__(self) -> bool:
         return bool(self._read("bool"))
 
-    def __index__(self) -> int:
-        return operator.index(self._read("index"))
-
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        data = self._read("to_numpy")
-        return np.array(data, dtype=dtype, copy=True) if copy or dtype is not None else data
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a "
+                        "NumPy array explicitly.")
+
+    def get(self) -> np.ndarray:
+        """A NumPy copy, the explicit transfer (``cupy.ndarray.get``)."""
+        return np.array(self._read("to_numpy"), copy=True)
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        """The data through DLPack (what ``numpy.from_dlpack`` and so ``xpnn.to_numpy`` use): a host read."""
+        return self._read("to_numpy").__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._data.__dlpack_device__()
 
     # ---- indexing ---------------------------------------------------------------------
 
@@ -314,14 +352,27 @@ class Array:
         data_key, advanced = self._key(key)
         result = self._data[data_key]
         if advanced:
-            self._ns.count("gather")
+            self._ns.count("gather", result)
         return Array(self._ns, np.asarray(result), self._device)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._ns._check(self, "__setitem__")
         data_key, _ = self._key(key)
         self._data[data_key] = self._ns.unwrap(value, "__setitem__")
-        self._ns.count("setitem")
+        self._ns.count("setitem", self._data[data_key])
+
+
+def _elements(value: Any) -> int:
+    """The most elements of one array in ``value`` (an array, NumPy data, or nested lists, tuples and dicts of them)."""
+    if isinstance(value, Array):
+        return value.size
+    if isinstance(value, (np.ndarray, np.generic)):
+        return int(np.size(value))
+    if isinstance(value, dict):
+        value = tuple(value.values())
+    if isinstance(value, (list, tuple)):
+        return max((_elements(v) for v in value), default=0)
+    return 0
 
 
 def _binary(name: str, function: Any, reflected: bool = False) -> Any:
@@ -332,7 +383,7 @@ def _binary(name: str, function: Any, reflected: bool = False) -> Any:
         ns._check(self, name)
         data = ns.unwrap(other, name)
         result = function(data, self._data) if reflected else function(self._data, data)
-        ns.count(name.strip("_"))
+        ns.count(name.strip("_"), self._data, data, result)
         return Array(ns, np.asarray(result), self._device)
     method.__name__ = name
     return method
@@ -343,7 +394,7 @@ def _inplace(name: str, function: Any) -> Any:
         ns = self._ns
         ns._check(self, name)
         function(self._data, ns.unwrap(other, name))
-        ns.count(name.strip("_"))
+        ns.count(name.strip("_"), self._data)
         return self
     method.__name__ = name
     return method
@@ -352,7 +403,7 @@ def _inplace(name: str, function: Any) -> Any:
 def _unary(name: str, function: Any) -> Any:
     def method(self: Array) -> Array:
         self._ns._check(self, name)
-        self._ns.count(name.strip("_"))
+        self._ns.count(name.strip("_"), self._data)
         return Array(self._ns, np.asarray(function(self._data)), self._device)
     method.__name__ = name
     return method

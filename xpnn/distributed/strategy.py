@@ -158,7 +158,8 @@ class DataParallel:
         by ``local_count / global_count`` (the global batch, by default the one being sharded)
         before the sum. A missing gradient counts as zero. Each bucket is one concatenation of
         its gradients, one scaling and the all-reduce (three operations, whatever the number of
-        parameters); the gradients become views of the reduced buffer. Runs with the
+        parameters); the gradients become views of the reduced buffer, which the optimizer then
+        takes as its flat gradient without copying them again. Runs with the
         parameters' device made current (see :func:`xpnn.backend.device_context`).
         """
         total = self._global_count if global_count is None else global_count
@@ -183,7 +184,7 @@ class DataParallel:
                         buffer *= weight
                 buffer = self._allreduce(buffer)
                 for slot in bucket.slots:
-                    slot.param.grad = xp.reshape(buffer[slot.lo:slot.hi], slot.shape)
+                    slot.param.set_grad_in(buffer, slot.lo)
 
     def _allreduce(self, buffer: Any) -> Any:
         if self.profile:
@@ -267,8 +268,9 @@ class DataParallel:
     def evaluate(self, model: Any, x: Any, y: Any, *, run: Callable[..., dict[str, float]],
                  **kwargs: Any) -> dict[str, float]:
         """``run(model, x, y, **kwargs)`` on this rank's slice of ``(x, y)``, combined over ranks,
-        weighted by the slices' sizes. ``fit`` passes ``run=``:func:`xpnn.train.evaluate`: the
-        strategy sits below training and does not import it."""
+        weighted by the slices' sizes. ``fit`` passes as ``run`` its evaluation of data it has
+        already checked (:func:`xpnn.train.evaluate` without the checks): the strategy sits below
+        training and does not import it."""
         lo, hi = shard_bounds(int(x.shape[0]), self.rank, self.size)
         mine = run(model, x[lo:hi], y[lo:hi], **kwargs) if hi > lo else {}
         gathered = [(n, logs) for n, logs in self.mpi.allgather((hi - lo, mine)) if n]

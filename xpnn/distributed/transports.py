@@ -92,8 +92,22 @@ def _load_nccl() -> Any:
     """CuPy's NCCL binding; ImportError when CuPy or its NCCL library is missing."""
     from cupy.cuda import nccl
     if not getattr(nccl, "available", True):
-        raise ImportError("CuPy was installed without NCCL (pip install nvidia-nccl-cu12)")
+        raise ImportError('CuPy was installed without NCCL (pip install "xpnn[gpu-dist]", or nvidia-nccl-cu12)')
     return nccl
+
+
+def _try_nccl() -> tuple[Any, str | None]:
+    """CuPy's NCCL binding and None, or None and why it cannot be loaded."""
+    try:
+        return _load_nccl(), None
+    except Exception as exc:  # ImportError, or a CUDA/NCCL library that fails to load
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def nccl_unusable_reason() -> str | None:
+    """Why this process could not all-reduce GPU gradients through NCCL (CuPy or its NCCL library
+    missing), or None when CuPy's NCCL binding loads (``xpnn devices`` reports it)."""
+    return _try_nccl()[1]
 
 
 def select_gradient_comm(mpi: MpiComm, device: backend.Device, choice: str | None = None) -> "MpiComm | NcclComm":
@@ -111,11 +125,7 @@ def select_gradient_comm(mpi: MpiComm, device: backend.Device, choice: str | Non
         if choice == "nccl":
             raise DistributedError(f"backend 'nccl' needs a CuPy GPU device, but this rank's device is {device}")
         return mpi
-    nccl, reason = None, None
-    try:
-        nccl = _load_nccl()
-    except Exception as exc:  # ImportError, or a CUDA/NCCL library that fails to load
-        reason = f"{type(exc).__name__}: {exc}"
+    nccl, reason = _try_nccl()
     infos = mpi.allgather((reason, mpi.host_name(), device.name, backend.gpu_identity(device)))
     problems = [f"rank {r}: {why}" for r, (why, _, _, _) in enumerate(infos) if why]
     seen: dict[tuple[str, str], int] = {}

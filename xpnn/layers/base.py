@@ -56,13 +56,39 @@ class Parameter:
     no optimizer ever moves it.
     """
 
-    __slots__ = ("name", "value", "grad", "trainable")
+    __slots__ = ("name", "value", "_grad", "trainable", "_grad_in")
 
     def __init__(self, value: Any, name: str = "") -> None:
         self.name = name
         self.value = value
-        self.grad: Any = None
+        self._grad: Any = None
+        self._grad_in: tuple[Any, int] | None = None
         self.trainable = True
+
+    @property
+    def grad(self) -> Any:
+        """The gradient accumulated for ``value`` since it was last set to None."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Any) -> None:
+        if value is not self._grad:  # a new gradient (``p.grad *= s`` keeps the old one)
+            self._grad_in = None  # where the old one lay no longer matters, nor stays alive
+        self._grad = value
+
+    def set_grad_in(self, buffer: Any, lo: int) -> None:
+        """Make ``grad`` the view ``buffer[lo:lo + size]`` of a flat 1-d buffer (the data-parallel
+        all-reduce leaves the gradients so), remembering where it lies: see :meth:`grad_location`."""
+        self.grad = array_namespace(buffer).reshape(buffer[lo:lo + self.size], self.shape)
+        self._grad_in = (buffer, lo)
+
+    def grad_location(self) -> tuple[Any, int] | None:
+        """``(buffer, lo)`` while ``grad`` is the view :meth:`set_grad_in` made, else None.
+
+        An optimizer takes gradients that lie one after the other in one buffer as a slice of it,
+        instead of copying them into its own flat gradient.
+        """
+        return self._grad_in
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -54,6 +54,26 @@ def _concat_flat(xp: Any, arrays: Sequence[Any]) -> Any:
         xp.asarray(xp.reshape(arrays[0], (-1,)), copy=True)
 
 
+def _flat_gradient(xp: Any, params: Sequence[Parameter]) -> Any:
+    """The gradients of ``params`` one after the other in a 1-d array, copied as little as possible.
+
+    Gradients that already lie one after the other in one buffer (:meth:`Parameter.grad_location`:
+    the data-parallel all-reduce leaves each bucket so) are taken as a slice of it; only the runs
+    that are not in one buffer are concatenated. With one bucket nothing is copied.
+    """
+    runs: list[list[Any]] = []  # [buffer, lo, hi] of a run in one buffer, or [None, flat gradient]
+    for param in params:
+        where = param.grad_location()
+        if where is None:
+            runs.append([None, xp.reshape(param.grad, (-1,))])
+        elif runs and runs[-1][0] is where[0] and runs[-1][2] == where[1]:
+            runs[-1][2] += param.size
+        else:
+            runs.append([where[0], where[1], where[1] + param.size])
+    pieces = [run[1] if run[0] is None else run[0][run[1]:run[2]] for run in runs]
+    return pieces[0] if len(pieces) == 1 else xp.concat(pieces)
+
+
 # --------------------------------------------------------------------------- optimizers
 
 CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")
@@ -180,11 +200,12 @@ class Optimizer:
         so a step is a dozen array operations (GPU kernels) whatever the number of parameters
         (the idea of PyTorch's foreach/fused optimizers). On NumPy, where an operation costs no
         launch, each parameter's view of the buffers is updated in turn, which spares copying the
-        gradients into one buffer; the arithmetic is the same. The first step, and any step after the
-        set of parameters or one of their arrays was replaced (``load_state_dict``, ``model.to``,
-        a layer unfrozen), copies them into the buffer and makes each ``Parameter.value`` (and each
-        state array in ``self.state``) a view of it; an array taken from a parameter before that
-        is no longer the one updated.
+        gradients into one buffer; the arithmetic is the same. Gradients the data-parallel
+        all-reduce left in its buckets are used there, not copied again (:func:`_flat_gradient`).
+        The first step, and any step after the set of parameters or one of their arrays was
+        replaced (``load_state_dict``, ``model.to``, a layer unfrozen), copies them into the buffer
+        and makes each ``Parameter.value`` (and each state array in ``self.state``) a view of it;
+        an array taken from a parameter before that is no longer the one updated.
         """
         if not isinstance(params, (list, tuple)):
             params = list(params)
@@ -214,13 +235,11 @@ class Optimizer:
 
     @staticmethod
     def _gradients(group: _FlatGroup) -> list[Any]:
-        """The group's gradients: one flat array (one operation for all), or on NumPy each parameter's own."""
+        """The group's gradients: one flat array (:func:`_flat_gradient`), or on NumPy each parameter's own."""
         if is_numpy_namespace(group.xp):
             return [param.grad for param in group.params]
-        xp = group.xp
         with backend.device_context(group.device):
-            grads = [xp.reshape(param.grad, (-1,)) for param in group.params]
-            return [grads[0] if len(grads) == 1 else xp.concat(grads)]
+            return [_flat_gradient(group.xp, group.params)]
 
     def _clipped(self, groups: list[_FlatGroup], grads: list[list[Any]]) -> list[list[Any]]:
         """``grads`` (per group, as :meth:`_gradients` gives them) clipped as configured; the one place

@@ -1,10 +1,11 @@
 """The user's ``x``/``y`` checked against the model and the loss before a step runs.
 
 Host data stays on the host (the loader moves each batch); an array already on the model's
-device stays there, and is read back only to word an error.
+device stays there, is checked there in bounded slices, and is read back only to word an error.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,27 @@ def on_models_device(model: Any, array: Any) -> bool:
     return not isinstance(array, np.ndarray) and backend.is_array(array) and backend.device_of(array) == model.device
 
 
+#: Elements per operation of the NaN/inf check of data already on the device (16 Mi: 64 MiB of
+#: float32), so its temporaries stay small however large the data set on the GPU is.
+CHECK_SLICE_ELEMENTS = 2 ** 24
+
+
+def _within_limit(array: Any, limit: float) -> bool:
+    """Whether every value of the floating-point ``array`` is finite and at most ``limit`` in magnitude.
+
+    Checked in slices of whole samples of about :data:`CHECK_SLICE_ELEMENTS` elements (one sample
+    where a sample is larger), the slices' flags combined on the device and read once at the end.
+    """
+    xp = array_namespace(array)
+    per_sample = math.prod(int(n) for n in array.shape[1:])
+    rows = max(1, CHECK_SLICE_ELEMENTS // max(per_sample, 1))
+    flag = None
+    for lo in range(0, int(array.shape[0]), rows):
+        part = xp.all(xp.abs(array[lo:lo + rows]) <= limit)  # False for NaN too
+        flag = part if flag is None else flag & part
+    return bool(flag)
+
+
 def checked_inputs(model: Any, array: Any, name: str) -> Any:
     """User inputs checked (:func:`check_inputs`): an array already on the model's device as it is,
     so it never goes to the host and back (one flag is read for the NaN/inf check), else on the host."""
@@ -40,7 +62,7 @@ def checked_inputs(model: Any, array: Any, name: str) -> Any:
     xp = array_namespace(array)
     suspect = array.ndim == 0 or int(array.shape[0]) == 0 or xp.isdtype(array.dtype, "complex floating")
     if not suspect and xp.isdtype(array.dtype, "real floating"):  # NaN, inf or beyond the model's dtype
-        suspect = not bool(xp.all(xp.abs(array) <= float(np.finfo(model.dtype).max)))
+        suspect = not _within_limit(array, float(np.finfo(model.dtype).max))
     if suspect:
         check_inputs(backend.to_numpy(array), name, model.dtype)  # the host copy only to word the error
     return array

@@ -151,7 +151,8 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
             strategy.end_epoch(model)
         check_finite_state(model, params, epoch)
         if val is not None:
-            run = evaluate if strategy is None else functools.partial(strategy.evaluate, run=evaluate)
+            run = _evaluate_checked if strategy is None else functools.partial(strategy.evaluate,
+                                                                               run=_evaluate_checked)
             val_logs = {f"val_{k}": v for k, v in
                         run(model, *val, loss=loss, batch_size=max(batch_size, 256), scale=scale).items()}
             logs.update(val_logs)
@@ -204,6 +205,13 @@ def evaluate(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, ba
         raise ValueError("evaluate needs a loss: pass loss=..., or fit the model first")
     loss = get_loss(loss if loss is not None else model.loss)
     x_data, y_data = checked_data(model, x, y, loss, ("x", "y"))
+    return _evaluate_checked(model, x_data, y_data, loss=loss, batch_size=batch_size, scale=scale)
+
+
+def _evaluate_checked(model: Any, x_data: Any, y_data: Any, *, loss: Loss, batch_size: int,
+                      scale: Any) -> dict[str, float]:
+    """:func:`evaluate` on data :func:`checked_data` already returned (``fit``'s validation data,
+    checked once before the first epoch), with the model's device current."""
     loader = DataLoader(x_data, y_data, batch_size, device=model.device, dtype=model.dtype, scale=scale)
     meter = Meter(loss, 0)
     for idx in loader.batch_indices():

@@ -50,57 +50,67 @@ def check_finite_state(model: Any, params: Sequence[Any], epoch: int) -> None:
 
 
 class Meter:
-    """Device-side sums of loss and correct predictions, read back only on :meth:`sync`.
+    """Each batch's loss and count of correct predictions, kept on the device and read only on :meth:`sync`.
 
-    ``reduce`` (data-parallel training) sums them over ranks at each sync; ``seen`` is the
-    number of samples (on all ranks) the last sync counted.
+    A batch costs the few operations that count its correct predictions; its loss is the mean the
+    loss already computed. :meth:`sync` stacks what the batches since the last sync left, reads it
+    (two transfers), checks the losses for NaN/inf and adds them, weighted by the batch sizes, to
+    totals kept on the host. ``reduce`` (data-parallel training) sums the totals over ranks at each
+    sync; ``seen`` is the number of samples (on all ranks) the last sync counted.
     """
 
     def __init__(self, loss: Loss, epoch: int, reduce: Any = None) -> None:
         self.loss, self.epoch, self.reduce = loss, epoch, reduce
         self.seen = 0
-        self.loss_sum: Any = 0.0
-        self.correct: Any = 0
+        self.loss_sum = 0.0
+        self.correct = 0
         self.samples = 0
         self.pending: list[Any] = []
+        self.pending_sizes: list[int] = []
+        self.pending_correct: list[Any] = []
+        self.track_divergence = True
         self.synced_batches = 0
         self.values = {"loss": math.nan}
 
     def add(self, value: Any, out: Any, target: Any, track_divergence: bool = True) -> None:
         n = int(out.shape[0])
         self.samples += n
-        self.loss_sum = self.loss_sum + value * float(n)
-        if track_divergence:
-            self.pending.append(value)
+        self.pending.append(value)
+        self.pending_sizes.append(n)
+        self.track_divergence = track_divergence
         if self.loss.task in ("binary", "multiclass"):
             xp = array_namespace(out)
             predicted = self.loss.predicted_classes(out)
             if target.ndim == 2 and self.loss.task == "multiclass":
                 target = xp.argmax(target, axis=1)
             truth = xp.reshape(target, tuple(predicted.shape))
-            self.correct = self.correct + xp.sum(xp.astype(predicted == xp.astype(truth, predicted.dtype, copy=False),
-                                                           xp.int64))
+            self.pending_correct.append(xp.count_nonzero(predicted == xp.astype(truth, predicted.dtype, copy=False)))
 
     def sync(self, batches_per_epoch: int | None = None) -> dict[str, float]:
-        """Read the sums to the host (one transfer); raise if any pending batch loss is not finite."""
+        """Read the batches' losses and correct counts to the host; raise if a loss is not finite."""
         if self.pending:
             xp = array_namespace(self.pending[0])
             losses = backend.to_numpy(xp.stack(self.pending))
             bad = np.flatnonzero(~np.isfinite(losses))
-            if bad.size:
+            if bad.size and self.track_divergence:
                 batch = self.synced_batches + int(bad[0]) + 1
                 of = f" of {batches_per_epoch}" if batches_per_epoch else ""
                 raise TrainingDivergedError(
                     f"the loss became {losses[bad[0]]} at epoch {self.epoch + 1}, batch {batch}{of}; training "
                     f"stopped. {DIVERGED_ADVICE}")
+            self.loss_sum += float(np.dot(losses.astype(np.float64), self.pending_sizes))
+            if self.pending_correct:
+                self.correct += int(backend.to_numpy(xp.stack(self.pending_correct)).sum())
             self.synced_batches += len(self.pending)
             self.pending.clear()
+            self.pending_sizes.clear()
+            self.pending_correct.clear()
         loss_sum, correct, samples = self.loss_sum, self.correct, self.samples
         if self.reduce is not None:
             loss_sum, correct, samples = self.reduce(loss_sum, correct, samples)
         self.seen = samples
         if samples:
-            self.values = {"loss": float(backend.to_numpy(loss_sum)) / samples}
+            self.values = {"loss": float(loss_sum) / samples}
             if self.loss.task in ("binary", "multiclass"):
-                self.values["accuracy"] = float(backend.to_numpy(correct)) / samples
+                self.values["accuracy"] = float(correct) / samples
         return self.values

@@ -121,3 +121,64 @@ def test_memory_estimate_is_within_a_fifth_of_the_measured_step(rng, checkpoint)
 def test_memory_estimate_needs_a_positive_batch_size(bad):
     with pytest.raises(ValueError, match="the batch size must be a positive integer"):
         layers.memory_estimate(xpnn.mlp([4, 3]), bad, (4,))
+
+
+class FakeCupyOutOfMemory(MemoryError):
+    """What CuPy raises when its pool cannot allocate (``cupy.cuda.memory.OutOfMemoryError``)."""
+
+
+FakeCupyOutOfMemory.__module__ = "cupy.cuda.memory"
+FakeCupyOutOfMemory.__name__ = "OutOfMemoryError"
+
+
+@pytest.fixture
+def memory_runs_out(monkeypatch):
+    """Conv2D's training forward raises CuPy's out-of-memory error at its ``at``-th call (the memory
+    estimate's dry runs, on zero weights, are not counted and do not fail)."""
+    calls = {"n": 0, "at": None}
+    forward = layers.Conv2D.forward
+
+    def failing(self, x, *, train, input_grad):
+        if train and np.any(xpnn.to_numpy(self.weight.value)):
+            calls["n"] += 1
+            if calls["n"] == calls["at"]:
+                raise FakeCupyOutOfMemory("Out of memory allocating 1,073,741,824 bytes (allocated so far: 0 bytes).")
+        return forward(self, x, train=train, input_grad=input_grad)
+
+    monkeypatch.setattr(layers.Conv2D, "forward", failing)
+    return calls
+
+
+def test_fit_out_of_memory_says_what_fits(rng, memory_runs_out):
+    from xpnn import zoo
+    from xpnn.errors import OutOfMemoryError
+
+    model = zoo.tutorial_cnn()
+    x, y = rng.random((40, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 40)
+    memory_runs_out["at"] = 3
+    with pytest.raises(OutOfMemoryError) as caught:
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    text = str(caught.value)
+    assert text.startswith("out of memory on cpu in epoch 1 at batch size 16: a training step needs about ")
+    assert "MiB (estimate) and " in text and "MiB are free; batch size " in text and " fits." in text
+    assert "\n" not in text and caught.value.__cause__ is None
+    assert model.predict(x[:4]).shape == (4, 10)  # the model is usable: nothing of the failed step is left
+
+
+def test_train_out_of_memory_is_one_line_and_keeps_the_checkpoint(tmp_path, capsys, memory_runs_out):
+    import json
+
+    from xpnn.cli import main
+
+    memory_runs_out["at"] = 5  # three steps an epoch: the second epoch's second step
+    code = main(["train", "--model", "tutorial-cnn", "--epochs", "2", "--limit", "200", "--quiet",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xpnn: error: out of memory on cpu in epoch 2 at batch size 64"), err
+    assert "batch size" in lines[0] and "fits" in lines[0] and "Traceback" not in err
+    assert "The last good checkpoint" in lines[0] and "end of epoch 1" in lines[0]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "out of memory"
+    _, _, meta = xpnn.load_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    assert meta["epoch"] == 1

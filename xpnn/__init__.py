@@ -18,8 +18,9 @@ _EXPORTS = {
     "to_numpy": "backend", "use_device": "backend",
     "load": "io", "load_checkpoint": "io", "save": "io",
     "Sequential": "model", "mlp": "model",
-    "Callback": "train", "EarlyStopping": "train", "ReduceLROnPlateau": "train", "History": "train", "ModelCheckpoint": "train",
-    "export_onnx": "onnx_export",
+    "Callback": "train", "EarlyStopping": "train", "ReduceLROnPlateau": "train", "History": "train",
+    "ModelCheckpoint": "train", "export_onnx": "onnx_export",
+    "memory_estimate": "layers", "set_workspace_limit": "layers", "workspace_limit": "layers",
 }
 #: every public submodule, reachable as ``xpnn.NAME`` (imported on first use like the names above)
 _SUBMODULES = ("backend", "cli", "data", "datasets", "distributed", "errors", "files", "init", "instrumented", "io",
@@ -28,7 +29,8 @@ _SUBMODULES = ("backend", "cli", "data", "datasets", "distributed", "errors", "f
 __all__ = [*_SUBMODULES, "Device", "DeviceError", "set_device", "get_device", "current_device",
            "use_device", "devices", "to_device", "to_numpy", "seed", "Sequential", "mlp", "save", "load",
            "load_checkpoint", "History", "Callback", "EarlyStopping", "ReduceLROnPlateau",
-           "ModelCheckpoint", "export_onnx", "__version__"]
+           "ModelCheckpoint", "export_onnx", "memory_estimate", "set_workspace_limit", "workspace_limit",
+           "__version__"]
 
 
 def __getattr__(name: str) -> Any:

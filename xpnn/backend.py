@@ -25,7 +25,7 @@ from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_nam
 __all__ = [
     "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device", "device_context",
     "devices", "device_of", "to_device", "to_numpy", "seed", "host_rng", "rng_state", "set_rng_state",
-    "random_uniform", "random_snapshot", "replayed_random", "ARRAY_LIBRARIES", "register_array_library",
+    "random_uniform", "random_snapshot", "replayed_random", "memory_info", "is_out_of_memory", "ARRAY_LIBRARIES", "register_array_library",
 ]
 
 GPU_INSTALL_HINT = ('pip install "xpnn[gpu]" (CuPy for CUDA 12 with the CUDA libraries it needs, cupy-cuda12x[ctk]; '
@@ -351,6 +351,44 @@ def device_context(device: "Device | None") -> Any:
     if device is None or not _needs_context(device):
         return _NO_CONTEXT
     return device.native
+
+
+def memory_info(device: "Device | str | None" = None) -> tuple[int, int] | None:
+    """``(free, total)`` bytes of ``device``'s memory, or None where that is not known.
+
+    On a GPU the free memory counts the blocks CuPy's memory pool holds but does not use (it hands
+    them out again before asking CUDA); on the CPU it is the kernel's ``MemAvailable``.
+    """
+    where = resolve(device)
+    if is_cupy_namespace(where.xp):
+        import cupy
+
+        with where.native:
+            free, total = cupy.cuda.runtime.memGetInfo()
+            return int(free) + int(cupy.get_default_memory_pool().free_bytes()), int(total)
+    if where.name != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.count(":") == 1}
+        return fields["MemAvailable"], fields["MemTotal"]
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed: NumPy's ``MemoryError`` or CuPy's ``OutOfMemoryError``."""
+    kind = type(exc)
+    return isinstance(exc, MemoryError) or (kind.__name__ == "OutOfMemoryError" and kind.__module__.startswith("cupy"))
+
+
+def release_cached_memory(device: Device) -> None:
+    """Give the blocks CuPy's memory pool keeps for reuse back to CUDA (after running out of memory)."""
+    if is_cupy_namespace(device.xp):
+        import cupy
+
+        with device.native:
+            cupy.get_default_memory_pool().free_all_blocks()
 
 
 def devices() -> list[str]:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from .backend import DeviceError
 
-__all__ = ["ShapeError", "DataError", "TrainingDivergedError", "ModelFileError", "DeviceError", "DistributedError"]
+__all__ = ["ShapeError", "DataError", "TrainingDivergedError", "ModelFileError", "DeviceError", "DistributedError",
+           "OutOfMemoryError"]
 
 
 class ShapeError(ValueError):
@@ -24,3 +25,8 @@ class ModelFileError(ValueError):
 
 class DistributedError(RuntimeError):
     """Ranks disagree (model, data) or the requested communication backend is unusable."""
+
+
+class OutOfMemoryError(MemoryError):
+    """Training ran out of device memory; the message gives the batch size, the memory estimate,
+    the device's free memory and a batch size that fits."""

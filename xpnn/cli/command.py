@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", parents=[common], help="architecture and training metadata of a model file")
     info.add_argument("model", help="a model.npz or checkpoint.npz")
     info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+                      help="also estimate the training memory of a step of N samples (with the file's optimizer)")
     info.set_defaults(func=cmd_info)
 
     export = sub.add_parser("export", parents=[common], help="write a model file as ONNX (for onnxruntime and others)",

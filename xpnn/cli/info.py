@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..files import json_text
 from ..io import load_checkpoint
+from .errors import CLIError
 from .model_file import check_metadata, require_model_file
 from .settings import recipe
 
@@ -23,9 +24,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.model}")
     if model.input_shape:
-        model.summary()
+        model.summary(batch_size=args.batch_size, optimizer=optimizer)
     else:
         print(model)
+        if args.batch_size:
+            raise CLIError(f"{args.model} does not record the shape of the model's input, so its training memory "
+                           f"cannot be estimated")
     print(f"loss: {model.loss.describe() if model.loss else 'not saved'}")
     if optimizer is not None:
         config = ", ".join(f"{k}={v}" for k, v in optimizer.config().items())

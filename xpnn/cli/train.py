@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from .. import __version__, backend, metrics, zoo
-from ..errors import TrainingDivergedError
+from ..errors import OutOfMemoryError, TrainingDivergedError
 from ..io import load_checkpoint, load_weights, save
+from ..layers.memory import memory_estimate
 from ..train import History
 from .dataset import SCALE, Dataset, train_transform, training_data
 from .environment import library_versions, select_device
@@ -155,6 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"data: {data.source}: {len(x_train):,} train / {metadata['data']['validation']:,} validation / "
           f"{len(x_test):,} test images, {'x'.join(map(str, x_train.shape[1:]))}, {len(data.classes)} classes",
           flush=True)
+    print(_memory_line(model, x_train.shape[1:], settings["batch_size"], optimizer, device), flush=True)
     resuming = f" (resuming after epoch {initial_epoch})" if initial_epoch else ""
     print(f"{settings['epochs']} epoch{'s' if settings['epochs'] != 1 else ''}{resuming}, "
           f"batch {settings['batch_size']}, {settings['optimizer']} lr {settings['lr']:g}, seed {settings['seed']}"
@@ -173,6 +175,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _interrupted(model, metadata, out, run, started, checkpoint.saved_epoch, settings["epochs"])
     except TrainingDivergedError as exc:
         return _diverged(exc, out, model.history, run, started, checkpoint.saved_epoch)
+    except OutOfMemoryError as exc:
+        return _diverged(exc, out, model.history, run, started, checkpoint.saved_epoch, "out of memory")
 
 
 def _interrupted(model: Any, metadata: dict[str, Any], out: Path, run: dict[str, Any], started: float, done: int,
@@ -198,12 +202,21 @@ def _interrupted(model: Any, metadata: dict[str, Any], out: Path, run: dict[str,
 
 
 def _diverged(exc: Exception, out: Path, history: History, run: dict[str, Any], started: float,
-              saved_epoch: int) -> int:
-    """End a run whose loss or weights became NaN/inf: run.json says "diverged", exit code 1."""
-    finish_run(out, history, run, "diverged", started)
+              saved_epoch: int, status: str = "diverged") -> int:
+    """End a run whose loss or weights became NaN/inf (or that ran out of memory: ``status``):
+    run.json says so, the last checkpoint stays, exit code 1."""
+    finish_run(out, history, run, status, started)
     print(f"xpnn: error: {one_line(exc)} The last good checkpoint, {out / CHECKPOINT_FILE} "
           f"({_checkpoint_point(saved_epoch)}), is kept.", file=sys.stderr, flush=True)
     return 1
+
+
+def _memory_line(model: Any, sample_shape: tuple[int, ...], batch_size: int, optimizer: Any, device: Any) -> str:
+    """The training memory estimate of a step (xpnn.layers.memory_estimate) beside the device's free memory."""
+    estimate = memory_estimate(model, batch_size, sample_shape, optimizer)
+    info = backend.memory_info(device)
+    free = f"; {device.name} has {info[0] / 2 ** 20:,.0f} MiB of {info[1] / 2 ** 20:,.0f} MiB free" if info else ""
+    return f"memory: {estimate.describe()}{free}"
 
 
 def _checkpoint_point(epoch: int) -> str:

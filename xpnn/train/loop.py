@@ -26,7 +26,7 @@ from ..optim import SGD, get_optimizer
 from .callbacks import Callback
 from .history import History
 from .inputs import checked_data, checked_inputs, host_array
-from .monitor import DIVERGED_ADVICE, Meter, check_finite_state
+from .monitor import DIVERGED_ADVICE, Meter, check_finite_state, out_of_memory_error
 from .weights import sample_weights
 
 __all__ = ["fit", "evaluate", "predict", "SYNC_SECONDS"]
@@ -130,6 +130,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
         meter = Meter(loss, epoch, None if strategy is None else strategy.reduce_metrics)
         bar = _progress(verbose, samples, epoch, epochs)
         started = last_sync = time.perf_counter()
+        out_of_memory = False
         try:
             for xb, yb, *weight in loader:  # weight: [the batch's sample weights] or []
                 _train_step(model, loss, optimizer, params, strategy, meter, xb, yb, *weight)
@@ -142,11 +143,15 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
                         bar.set_postfix_str(_format(logs), refresh=False)
             logs = dict(meter.sync(batches))
             seconds = time.perf_counter() - started
+        except MemoryError:  # NumPy's, or CuPy's OutOfMemoryError: said once the step's arrays are released
+            out_of_memory = True
         finally:
             if bar is not None:  # closed before validation, so its samples/s is the training rate
                 bar.set_postfix_str(_format(meter.values), refresh=False)
                 bar.update(meter.seen - bar.n)
                 bar.close()
+        if out_of_memory:
+            raise out_of_memory_error(model, tuple(x_data.shape[1:]), batch_size, optimizer, epoch)
         if strategy is not None:
             strategy.end_epoch(model)
         check_finite_state(model, params, epoch)

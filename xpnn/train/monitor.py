@@ -9,7 +9,8 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from .. import backend
-from ..errors import TrainingDivergedError
+from ..errors import OutOfMemoryError, TrainingDivergedError
+from ..layers.memory import memory_model
 from ..losses import Loss
 
 
@@ -47,6 +48,27 @@ def check_finite_state(model: Any, params: Sequence[Any], epoch: int) -> None:
         raise TrainingDivergedError(
             f"the running statistics {', '.join(bad_buffers[:3])} became NaN/inf in epoch {epoch + 1} (the batch "
             f"statistics overflowed); training stopped. {DIVERGED_ADVICE}")
+
+
+def out_of_memory_error(model: Any, sample_shape: tuple[int, ...], batch_size: int, optimizer: Any,
+                        epoch: int) -> OutOfMemoryError:
+    """The one-line error of a step that ran out of memory: the batch size, the memory estimate, the
+    device's free memory (after CuPy's pool gave back its cached blocks) and a batch size that fits."""
+    device = model.device
+    backend.release_cached_memory(device)
+    plan = memory_model(model, sample_shape, optimizer, batch_size)
+    need = plan.at(batch_size).step
+    info = backend.memory_info(device)
+    mib = 2 ** 20
+    text = (f"out of memory on {device.name} in epoch {epoch + 1} at batch size {batch_size}: a training step needs "
+            f"about {need / mib:,.0f} MiB (estimate)")
+    if info is not None:
+        free, total = info
+        fits = plan.largest_batch(int(free * 0.9))
+        advice = f"batch size {fits} fits" if fits else "not even batch size 1 fits"
+        text += f" and {free / mib:,.0f} MiB of the device's {total / mib:,.0f} MiB are free; {advice}"
+    return OutOfMemoryError(f"{text}. Smaller batches, checkpointed blocks (zoo.resnet(..., checkpoint=True)) or a "
+                            f"lower xpnn.set_workspace_limit need less.")
 
 
 class Meter:

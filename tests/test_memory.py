@@ -28,12 +28,20 @@ def test_conv_keeps_its_input_not_its_columns(x):
 
 
 def test_masks_are_kept_as_one_byte_a_value(x):
-    relu, dropout = layers.ReLU(), layers.Dropout(0.5)
-    for layer in (relu, dropout):
-        _, backprop = layer(x, train=True)
-        assert retained_bytes(backprop, layer) == x.size  # bool: a quarter of float32
+    dropout = layers.Dropout(0.5)
+    _, backprop = dropout(x, train=True)
+    assert retained_bytes(backprop, dropout) == x.size  # bool: a quarter of float32
     _, backprop = layers.MaxPool2D(2)(x, train=True)
     assert retained_bytes(backprop) <= x.size  # the tournament's decisions, bool
+
+
+def test_relu_keeps_only_its_output_which_the_next_layer_keeps_too(x):
+    """ReLU then a convolution: the two backprops together keep one array, ReLU's output."""
+    relu, conv = layers.ReLU(), layers.Conv2D(16, 4, 3)
+    y, relu_backprop = relu(x, train=True)
+    assert retained_bytes(relu_backprop) == y.nbytes
+    _, conv_backprop = conv(y, train=True)
+    assert retained_bytes([relu_backprop, conv_backprop], conv) <= y.nbytes + 2 * conv.weight.value.nbytes
 
 
 def test_batchnorm_keeps_its_normalized_input_once(x):
@@ -43,9 +51,9 @@ def test_batchnorm_keeps_its_normalized_input_once(x):
 
 
 def test_residual_add_keeps_nothing(x):
-    block = layers.Residual([layers.ReLU()])  # identity shortcut, no activation after the add
+    block = layers.Residual([layers.Dropout(0.5)])  # identity shortcut, no activation after the add
     _, backprop = block(x, train=True)
-    assert retained_bytes(backprop, block) == x.size  # the body's ReLU mask, nothing for the add
+    assert retained_bytes(backprop, block) == x.size  # the body's dropout mask, nothing for the add
 
 
 def test_sequential_frees_each_layer_once_its_gradient_is_out(x):

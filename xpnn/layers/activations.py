@@ -20,19 +20,22 @@ def sigmoid(x: Any) -> Any:
 
 
 class ReLU(Layer):
-    """``max(x, 0)``. Written with ``maximum`` and a multiply by the 0/1 mask rather than ``where``:
-    NumPy's ``where`` with an unpredictable mask is about ten times slower."""
+    """``max(x, 0)``. Backward keeps the output, as PyTorch does, not a mask: the next layer (a
+    convolution, a Linear layer, the next residual block) keeps that same array as its input, so
+    ReLU adds nothing to what a training step holds; the mask ``y > 0`` is made in backward. It
+    multiplies by the 0/1 mask rather than using ``where``: NumPy's ``where`` with an unpredictable
+    mask is about ten times slower."""
 
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         xp = array_namespace(x)
-        positive = x > 0
+        y = xp.maximum(x, 0.0)
 
         def backprop(dy: Any) -> Any:
-            dx = xp.astype(positive, dy.dtype)
+            dx = xp.astype(y > 0, dy.dtype)
             dx *= dy
             return dx
 
-        return xp.maximum(x, 0.0), backprop
+        return y, backprop
 
 
 class LeakyReLU(Layer):

@@ -25,7 +25,7 @@ from .workspace import batch_chunk, workspace
 __all__ = ["MemoryEstimate", "memory_estimate", "memory_model", "MemoryModel"]
 
 MIB = 2 ** 20
-#: the largest batch a dry run starts from (it also runs twice that)
+#: the most images whose columns a dry run builds at once
 DRY_BATCH = 8
 
 
@@ -66,9 +66,9 @@ class MemoryModel:
     parameters: int
     gradients: int
     optimizer_state: int
-    batches: tuple[int, int]  # the dry run's batch sizes, b and 2b
+    batches: tuple[int, int]  # the dry run's two batch sizes
     saved: tuple[int, int]  # what backward keeps, at those
-    peak: tuple[int, int]  # the step's peak above the start, gradients included, at those
+    peaks: tuple[tuple[int, ...], tuple[int, ...]]  # each stretch's peak above the start, gradients included
     column_bytes: int  # one sample's columns in the convolution with the largest
     chunk: int  # images whose columns the dry run built at a time
     chunk_bytes: float  # what each image more in a chunk of columns adds to the peak
@@ -81,7 +81,7 @@ class MemoryModel:
 
         saved = linear(self.saved)
         chunk = batch_chunk(batch_size, self.column_bytes, self.device.xp) if self.column_bytes else 1
-        peak = linear(self.peak) + int(max(0, chunk - self.chunk) * self.chunk_bytes)
+        peak = max(linear(pair) for pair in zip(*self.peaks)) + int(max(0, chunk - self.chunk) * self.chunk_bytes)
         transient = max(0, peak - saved - self.gradients)
         return MemoryEstimate(batch_size, self.parameters, self.gradients, self.optimizer_state, saved, transient)
 
@@ -115,16 +115,19 @@ def memory_model(model: Layer, sample_shape: Sequence[int], optimizer: Any = Non
     columns = max((layer.column_bytes(shape, dtype_bytes) for layer, shape in _layer_inputs(model, (1, *sample))
                    if isinstance(layer, Conv2D)), default=0)
     target = batch_chunk(batch_size, columns, device.xp) if columns else 1
-    small = max(2, min(target, DRY_BATCH))
-    chunk = min(target, small)
-    points = [_dry_step(twin, (batch, *sample), chunk * columns) for batch in (small, 2 * small)]
+    chunk = max(1, min(target, DRY_BATCH))
+    small = max(4, 2 * chunk)  # a few chunks: the first image or chunk has costs of its own
+    large = 2 * small
+    points = [_dry_step(twin, (batch, *sample), chunk * columns) for batch in (small, large)]
+    if len(points[0][1]) != len(points[1][1]):  # a model whose layers run differently by batch size
+        points = [(saved, [max(peaks)]) for saved, peaks in points]
     chunk_bytes = 0.0
     if target > chunk:
-        chunked = _dry_step(twin, (2 * small, *sample), 2 * small * columns)[1]
-        chunk_bytes = max(0.0, (chunked - points[1][1]) / (2 * small - chunk))
+        chunked = max(_dry_step(twin, (large, *sample), large * columns)[1])
+        chunk_bytes = max(0.0, (chunked - max(points[1][1])) / (large - chunk))
     return MemoryModel(parameters=stored, gradients=trainable, optimizer_state=slots * trainable + flat_copy,
-                       batches=(small, 2 * small), saved=(points[0][0], points[1][0]),
-                       peak=(points[0][1], points[1][1]), column_bytes=columns, chunk=chunk, chunk_bytes=chunk_bytes,
+                       batches=(small, large), saved=(points[0][0], points[1][0]),
+                       peaks=(tuple(points[0][1]), tuple(points[1][1])), column_bytes=columns, chunk=chunk, chunk_bytes=chunk_bytes,
                        device=device)
 
 
@@ -148,21 +151,51 @@ def _host_twin(model: Layer) -> Layer:
     return twin
 
 
-def _dry_step(twin: Layer, shape: tuple[int, ...], columns: int) -> tuple[int, int]:
-    """(bytes alive after the forward pass, the step's peak) above the start, at ``shape``, with
-    convolutions building at most ``columns`` bytes of columns at a time (at least one image's)."""
+def _dry_step(twin: Layer, shape: tuple[int, ...], columns: int) -> tuple[int, list[int]]:
+    """Bytes alive after the forward pass and the peak of each stretch of the step (up to each
+    layer's forward and backward), above the start, at ``shape``; convolutions build at most
+    ``columns`` bytes of columns at a time (at least one image's). Stretches, not one peak: the
+    step's peak is the largest of lines in the batch size, and where it lies moves as the batch grows."""
     xp = backend.resolve("cpu").xp
     dtype = twin.parameters()[0].value.dtype if twin.parameters() else xp.float32
     x = xp.zeros(shape, dtype=dtype) + 0.5
+    leaves = [layer for _, layer in twin.walk() if not layer.children()]
     with _traced() as traced, workspace(max(1, columns), cache_blocks=False):
         base = traced()[0]
-        out, backprop = twin(x, train=True, input_grad=False)
-        saved = traced()[0] - base
-        backprop(xp.ones_like(out))
-        peak = traced()[1] - base
+        peaks: list[int] = []
+
+        def mark() -> None:
+            peaks.append(traced()[1] - base)
+            tracemalloc.reset_peak()
+
+        def watched(forward: Any) -> Any:
+            def run(x: Any, *, train: bool, input_grad: bool) -> Any:
+                mark()
+                y, backprop = forward(x, train=train, input_grad=input_grad)
+                mark()
+
+                def watched_backprop(dy: Any) -> Any:
+                    mark()
+                    dx = backprop(dy)
+                    mark()
+                    return dx
+
+                return y, watched_backprop
+            return run
+
+        for layer in leaves:
+            layer.forward = watched(layer.forward)
+        try:
+            out, backprop = twin(x, train=True, input_grad=False)
+            saved = traced()[0] - base
+            backprop(xp.ones_like(out))
+            mark()
+        finally:
+            for layer in leaves:
+                del layer.forward
     for p in twin.parameters():
         p.grad = None
-    return saved, peak
+    return saved, peaks
 
 
 @contextlib.contextmanager

@@ -162,9 +162,14 @@ class MaxPool2D(_Pool2D):
         def backprop(dy: Any) -> Any:
             trees = (row_tree, column_tree) if train else \
                 (_tournament(along_rows)[1], _tournament(down_columns(row_max))[1])
+            # each intermediate is dropped as soon as the next is made: at most two input-sized arrays at once
             per_row = _route(xp.permute_dims(dy, (1, 0, 2, 3)), trees[1])
             row_grad = xp.reshape(xp.stack(per_row, axis=3), (channels, batch, rows, out_w))
-            dx = xp.reshape(xp.stack(_route(row_grad, trees[0]), axis=-1), (channels, batch, rows, cols))
+            del per_row
+            per_column = _route(row_grad, trees[0])
+            del row_grad
+            dx = xp.reshape(xp.stack(per_column, axis=-1), (channels, batch, rows, cols))
+            del per_column
             if (rows, cols) != (height, width):
                 dx = xpx.pad(dx, ((0, 0), (0, 0), (0, height - rows), (0, width - cols)))
             return xp.permute_dims(dx, (1, 0, 2, 3))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from .backend import DeviceError
 
-__all__ = ["ShapeError", "DataError", "TrainingDivergedError", "ModelFileError", "DeviceError", "DistributedError"]
+__all__ = ["ShapeError", "DataError", "TrainingDivergedError", "ModelFileError", "DeviceError", "DistributedError",
+           "PrecisionUnavailableError"]
 
 
 class ShapeError(ValueError):
@@ -24,3 +25,8 @@ class ModelFileError(ValueError):
 
 class DistributedError(RuntimeError):
     """Ranks disagree (model, data) or the requested communication backend is unusable."""
+
+
+class PrecisionUnavailableError(ValueError):
+    """A dtype policy cannot run here (bfloat16 without ml_dtypes, 16-bit floats on array-api-strict,
+    bfloat16 on CuPy 13); the message names what to install or use instead."""

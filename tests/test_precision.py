@@ -399,3 +399,21 @@ def test_the_tf32_switch_sets_cupys_compute_type_and_environment(monkeypatch):
     with pytest.raises(ValueError, match="float32 matmul precision must be one of highest, high, got 'medium'"):
         xpnn.set_float32_matmul_precision("medium")
     assert xpnn.get_float32_matmul_precision() == "highest" and len(calls) == 2
+
+
+def test_model_files_keep_float32_weights_and_record_the_policy_and_onnx_stays_float32(tmp_path):
+    import json
+
+    xpnn.seed(0)
+    model = _cnn(batchnorm=False)
+    with xpnn.set_dtype_policy("mixed_bfloat16"):
+        model(_batch()[0], train=True)
+        xpnn.save(model, tmp_path / "m.npz")
+        with np.load(tmp_path / "m.npz", allow_pickle=False) as f:
+            header = json.loads(str(f["__xpnn__"]))
+            assert all(f[k].dtype == np.float32 for k in f.files if k.startswith("model/"))
+        assert header["dtype_policy"] == "mixed_bfloat16" and header["dtype"] == "float32"
+        onnx = pytest.importorskip("onnx")
+        graph = onnx.load(xpnn.export_onnx(model, tmp_path / "m.onnx", input_shape=(3, 8, 8))).graph
+    assert {t.data_type for t in graph.initializer} == {onnx.TensorProto.FLOAT}
+    assert {i.type.tensor_type.elem_type for i in graph.input} == {onnx.TensorProto.FLOAT}

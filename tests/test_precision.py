@@ -322,6 +322,9 @@ def test_a_wrapper_is_not_wrapped_twice_and_a_record_rebuilds_it():
     wrapped = optim.LossScaleOptimizer("adam", growth_interval=5)
     with pytest.raises(ValueError, match="already a LossScaleOptimizer"):
         optim.LossScaleOptimizer(wrapped)
+    assert wrapped.state_slots == 2 and wrapped.lr == 1e-3 and wrapped.epoch == 0 and wrapped.schedule is None
+    wrapped.lr_factor = 0.5
+    assert wrapped.inner.lr_factor == 0.5 and wrapped.lr == 5e-4
     again = optim.get_optimizer(type(wrapped).__name__, **wrapped.config())
     assert again.config() == wrapped.config() and again.inner.name == "adam"
     with pytest.raises(ValueError, match="unknown optimizer 'adagrad'; known: adam, adamw, momentum, rmsprop, sgd"):

@@ -674,6 +674,9 @@ class LossScaleOptimizer(Optimizer):
     def zero_grad(self, params: Iterable[Parameter]) -> None:
         self.inner.zero_grad(params)
 
+    def _state_arrays(self) -> tuple[str, ...]:
+        return self.inner._state_arrays()
+
     # ---- scaling
 
     @property

@@ -182,9 +182,9 @@ def test_mixed_gradients_are_within_a_few_16_bit_epsilons_of_float32(policy):
 
 
 @pytest.mark.parametrize("policy", MIXED)
-def test_forward_matches_torch_autocast(policy):
+def test_forward_and_gradients_match_torch_autocast(policy):
     torch = pytest.importorskip("torch")
-    x, _ = _batch(8)
+    x, y = _batch(8)
     xpnn.seed(0)
     model = _cnn(batchnorm=False)
     conv, lin1, lin2 = model.layers[0], model.layers[4], model.layers[6]
@@ -197,15 +197,23 @@ def test_forward_matches_torch_autocast(policy):
             theirs.weight.copy_(torch.from_numpy(np.asarray(mine.weight.value).T.copy()))
             theirs.bias.copy_(torch.from_numpy(np.asarray(mine.bias.value)))
     half = torch.bfloat16 if policy == "mixed_bfloat16" else torch.float16
-    with torch.no_grad(), torch.autocast("cpu", dtype=half):
+    with torch.autocast("cpu", dtype=half):
         expected = net(torch.from_numpy(x))
+    torch.nn.functional.cross_entropy(expected.float(), torch.from_numpy(y)).backward()
     assert expected.dtype == half
     with xpnn.set_dtype_policy(policy):
-        out = model(x)[0]
+        out, backprop = model(x, train=True, input_grad=False)
+        backprop(losses.CrossEntropy()(out, y)[1]())
     assert str(out.dtype) == str(expected.dtype).replace("torch.", "")
-    scale = float(expected.float().abs().max())
-    np.testing.assert_allclose(out.astype(np.float32), expected.float().numpy(), rtol=0,
+    scale = float(expected.detach().float().abs().max())
+    np.testing.assert_allclose(out.astype(np.float32), expected.detach().float().numpy(), rtol=0,
                                atol=4 * EPS[policy] * scale)
+    pairs = [(conv.weight.grad, net[0].weight.grad), (lin1.weight.grad, net[4].weight.grad.T),
+             (lin2.weight.grad, net[6].weight.grad.T), (lin2.bias.grad, net[6].bias.grad)]
+    for mine, theirs in pairs:
+        assert mine.dtype == np.float32 and theirs.dtype == torch.float32
+        theirs = theirs.numpy()
+        assert np.linalg.norm(mine - theirs) <= 8 * EPS[policy] * np.linalg.norm(theirs)
 
 
 def test_a_loss_that_overflows_float16_is_still_divergence():

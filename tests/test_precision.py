@@ -273,7 +273,8 @@ def test_a_step_with_inf_or_nan_is_skipped_the_scale_halves_and_the_count_restar
     state = {k: {s: np.array(a) for s, a in v.items() if s != "step"} for k, v in opt.state.items()}
     for bad in (math.inf, -math.inf, math.nan):
         _grads(params, [[bad, 1.0], [1.0]])
-        opt.step(params)
+        with np.errstate(invalid="ignore"):  # the discarded update divides inf by inf
+            opt.step(params)
         assert all(np.array_equal(v, p.value) for v, p in zip(values, params))
         assert all(np.array_equal(state[k][s], opt.state[k][s]) for k in state for s in state[k])
         assert opt.good_steps == 0

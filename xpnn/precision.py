@@ -31,7 +31,7 @@ from . import backend
 from .errors import PrecisionUnavailableError
 
 __all__ = ["DTypePolicy", "POLICIES", "set_dtype_policy", "dtype_policy", "compute", "variable", "matmul",
-           "compute_dtype", "is_mixed", "check_available", "finfo", "itemsize", "set_float32_matmul_precision",
+           "compute_dtype", "check_available", "finfo", "itemsize", "set_float32_matmul_precision",
            "get_float32_matmul_precision", "MATMUL_PRECISIONS", "PrecisionUnavailableError"]
 
 VARIABLE_DTYPE = "float32"
@@ -103,11 +103,6 @@ def set_dtype_policy(policy: "str | DTypePolicy") -> _PolicySetting:
 def dtype_policy() -> DTypePolicy:
     """The global dtype policy (:func:`set_dtype_policy`)."""
     return _policy[0]
-
-
-def is_mixed() -> bool:
-    """Whether the global policy computes in a 16-bit type."""
-    return _policy[0].mixed
 
 
 def _ml_dtypes() -> Any:

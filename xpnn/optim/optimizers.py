@@ -620,9 +620,11 @@ class LossScaleOptimizer(Optimizer):
     in a row ``scale`` is multiplied by ``growth_factor``. PyTorch's ``GradScaler`` constants and
     rules. All of it is decided on the device: a step reads nothing back. So the wrapped
     optimizer's step count (Adam's bias correction, a host-side number) still counts a skipped
-    step; its arrays do not change. ``fit`` wraps the optimizer in one under ``mixed_float16``
-    (bfloat16 has float32's range and needs none). The scale and the count are saved in
-    :meth:`state_dict`, so a resumed run goes on exactly.
+    step; its arrays do not change. To put them back, a step holds a copy of the flat weight and
+    state buffers while it runs (transient memory: ``1 + state_slots`` times the parameters).
+    ``fit`` wraps the optimizer in one under ``mixed_float16`` (bfloat16 has float32's range and
+    needs none). The scale and the count are saved in :meth:`state_dict`, so a resumed run goes on
+    exactly.
     """
 
     name = "loss_scale"

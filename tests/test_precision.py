@@ -429,3 +429,15 @@ def test_model_files_keep_float32_weights_and_record_the_policy_and_onnx_stays_f
         graph = onnx.load(xpnn.export_onnx(model, tmp_path / "m.onnx", input_shape=(3, 8, 8))).graph
     assert {t.data_type for t in graph.initializer} == {onnx.TensorProto.FLOAT}
     assert {i.type.tensor_type.elem_type for i in graph.input} == {onnx.TensorProto.FLOAT}
+
+
+def test_the_train_command_refuses_bfloat16_without_ml_dtypes_in_one_line_writing_nothing(monkeypatch, tmp_path,
+                                                                                          capsys):
+    from xpnn.cli.command import main
+
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+    code = main(["train", "--precision", "mixed_bfloat16", "--limit", "100", "--out", str(tmp_path / "run")])
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert capsys.readouterr().err.strip() == ("xpnn: error: bfloat16 needs the ml_dtypes package: pip install "
+                                               "ml_dtypes (or xpnn[bfloat16])")
+    assert xpnn.dtype_policy().name == "float32"

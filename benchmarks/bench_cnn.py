@@ -2,6 +2,14 @@
 
     python benchmarks/bench_cnn.py [--device cpu|gpu:0] [--repeats 5] [--seconds 1] [--only NAME ...]
     python benchmarks/bench_cnn.py --breakdown [--only NAME ...]
+    python benchmarks/bench_cnn.py --device gpu:0 --precision tf32|mixed_bfloat16|mixed_float16
+
+``--precision`` runs both libraries alike: ``tf32`` is ``xpnn.set_float32_matmul_precision("high")``
+and PyTorch's ``allow_tf32`` for matmuls and cuDNN; ``mixed_*`` is ``xpnn.set_dtype_policy`` and
+``torch.autocast`` with that 16-bit type (``mixed_float16`` with loss scaling on both sides:
+``LossScaleOptimizer`` and ``torch.amp.GradScaler``). On the CPU, TF32 does not exist and NumPy
+emulates the 16-bit matmuls (float32 BLAS, rounded), so those runs check that the options work,
+not speed: the speed is for a GPU.
 
 A training step is forward + backward + plain SGD update (lr 0.01) of one random batch, with the
 first layer's input gradient skipped in both libraries. For each workload one fresh process times
@@ -204,6 +212,23 @@ def _synchronizer(device: str):
     return lambda: None
 
 
+#: the precision both libraries run at (``--precision``), set in the child process by :func:`use_precision`
+PRECISION = ["float32"]
+PRECISIONS = ("float32", "tf32", "mixed_bfloat16", "mixed_float16")
+
+
+def use_precision(precision: str, torch) -> None:
+    """Make both libraries compute at ``precision`` (see the module docstring)."""
+    PRECISION[0] = precision
+    if precision == "tf32":
+        xpnn.set_float32_matmul_precision("high")
+        if torch is not None:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+    elif precision != "float32":
+        xpnn.set_dtype_policy(precision)
+
+
 def xpnn_step(name: str, device: str):
     shape, batch, classes, specs = WORKLOADS[name]
     xpnn.seed(0)
@@ -214,6 +239,8 @@ def xpnn_step(name: str, device: str):
     loss = losses.CrossEntropy() if classes > 1 else losses.BinaryCrossEntropy()
     params = model.trainable_parameters()
     sgd = optim.SGD(lr=LR)
+    if xpnn.dtype_policy().loss_scaling:
+        sgd = optim.LossScaleOptimizer(sgd)
     sync = _synchronizer(device)
 
     def step() -> None:
@@ -221,7 +248,7 @@ def xpnn_step(name: str, device: str):
             p.grad = None
         out, backprop = model(x, train=True, input_grad=False)
         _, loss_backprop = loss(out, y)
-        backprop(loss_backprop())
+        backprop(sgd.scale_loss(loss_backprop()))
         sgd.step(params)
         sync()
 
@@ -238,12 +265,17 @@ def torch_step(name: str, device: str, model: xpnn.Sequential):
     x, y = torch.from_numpy(x_host).to(torch_device), torch.from_numpy(y_host).to(torch_device)
     criterion = torch.nn.CrossEntropyLoss() if classes > 1 else torch.nn.BCEWithLogitsLoss()
     sgd = torch.optim.SGD(net.parameters(), lr=LR)
+    half = {"mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}.get(PRECISION[0])
+    scaler = torch.amp.GradScaler(torch_device, enabled=half is torch.float16)
 
     def step() -> None:
         sgd.zero_grad(set_to_none=True)
-        out = net(x)
-        criterion(out if classes > 1 else out[:, 0], y).backward()
-        sgd.step()
+        with torch.autocast(torch_device, dtype=half or torch.float32, enabled=half is not None):
+            out = net(x)
+            value = criterion((out if classes > 1 else out[:, 0]).float(), y)
+        scaler.scale(value).backward()
+        scaler.step(sgd)
+        scaler.update()
         if torch_device == "cuda":
             torch.cuda.synchronize()
 
@@ -431,6 +463,7 @@ def print_breakdown(name: str, result: dict) -> None:
 
 
 def run_child(job: list[str], args: argparse.Namespace, torch) -> object:
+    use_precision(args.precision, torch)
     kind = job[0]
     if kind == "peak":
         return gemm_peak(args.device)
@@ -446,7 +479,8 @@ def run_child(job: list[str], args: argparse.Namespace, torch) -> object:
 def child(job: list[str], args: argparse.Namespace) -> object:
     """Run ``job`` in a fresh copy of this script and return what it printed (JSON)."""
     command = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--repeats", str(args.repeats),
-               "--seconds", str(args.seconds), "--threads", str(args.threads), "--child", *job]
+               "--seconds", str(args.seconds), "--threads", str(args.threads), "--precision", args.precision,
+               "--child", *job]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode:
         raise RuntimeError(f"{' '.join(job)} failed:\n{result.stderr[-3000:]}")
@@ -464,6 +498,8 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true",
                         help="instead of the table: per-layer forward/backward times of xpnn's step, and its "
                              "matmuls alone")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="both libraries at this precision (see above; TF32 and 16-bit speed need a GPU)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch, torch_version = common.import_torch(args.threads)
@@ -480,7 +516,7 @@ def main() -> None:
         return
     peak = child(["peak"], args)
     print(f"xpnn {xpnn.__version__} on {args.device}, NumPy {np.__version__}, PyTorch {torch_version}, "
-          f"{args.threads} threads, float32; median of {args.repeats} alternating runs of ~{args.seconds:g} s; "
+          f"{args.threads} threads, {args.precision}; median of {args.repeats} alternating runs of ~{args.seconds:g} s; "
           f"GEMM peak {peak:.0f} GFLOP/s (4096^3 matmul)")
     columns = [("workload", 20), ("batch", 5), ("xpnn samples/s", 14), ("torch samples/s", 15), ("ratio", 6),
                ("xpnn %peak", 10), ("torch %peak", 11), ("xpnn sys ms", 11), ("torch sys ms", 12),

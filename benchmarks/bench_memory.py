@@ -1,6 +1,7 @@
 """Peak training memory: xpnn vs PyTorch, a fresh process per library and workload.
 
     python benchmarks/bench_memory.py [--device cpu|gpu:0] [--only NAME ...] [--steps 4]
+    python benchmarks/bench_memory.py --precision mixed_bfloat16   # both libraries at 16-bit compute
 
 Each child process builds the model (same initial weights in both libraries) and one random batch,
 then measures what ``--steps`` training steps (forward, loss, backward, plain SGD) add to the
@@ -80,10 +81,13 @@ def _steps(name: str, library: str, device: str):
         criterion = torch.nn.CrossEntropyLoss() if classes > 1 else torch.nn.BCEWithLogitsLoss()
         sgd = torch.optim.SGD(net.parameters(), lr=bench_cnn.LR)
 
+        half = {"mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}.get(xpnn.dtype_policy().name)
+
         def torch_step() -> None:
             sgd.zero_grad(set_to_none=True)
-            out = net(x)
-            criterion(out if classes > 1 else out[:, 0], y).backward()
+            with torch.autocast(torch_device, dtype=half or torch.float32, enabled=half is not None):
+                out = net(x)
+            criterion((out if classes > 1 else out[:, 0]).float(), y).backward()
             sgd.step()
 
         return model, torch_step
@@ -138,7 +142,7 @@ def measure(name: str, library: str, device: str, steps: int) -> dict:
 
 def child(name: str, library: str, args) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--steps", str(args.steps),
-               "--threads", str(args.threads), "--child", name, library]
+               "--threads", str(args.threads), "--precision", args.precision, "--child", name, library]
     env = dict(os.environ)
     if not args.default_malloc:
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
@@ -153,13 +157,16 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(WORKLOADS), nargs="+", help="run only these workloads")
     parser.add_argument("--steps", type=int, default=4, help="training steps measured")
     parser.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator settings as they are")
+    parser.add_argument("--precision", choices=xpnn.precision.POLICIES, default="float32",
+                        help="the dtype policy of xpnn's steps, and torch.autocast at the same 16-bit type")
     parser.add_argument("--child", nargs=2, help=argparse_suppress())
     args = parser.parse_args()
     torch, torch_version = common.import_torch(args.threads)
+    xpnn.set_dtype_policy(args.precision)
     if args.child:
         print(json.dumps(measure(*args.child, args.device, args.steps)))
         return
-    print(f"xpnn {xpnn.__version__} on {args.device}, NumPy {np.__version__}, PyTorch {torch_version}, float32, "
+    print(f"xpnn {xpnn.__version__} on {args.device}, NumPy {np.__version__}, PyTorch {torch_version}, {args.precision}, "
           f"plain SGD; peak memory added by {args.steps} training steps, a fresh process per library and workload")
     header = f"{'workload':<32} {'batch':>5} {'xpnn MiB':>9} {'torch MiB':>9} {'ratio':>6} {'estimate MiB':>12} " \
              f"{'est/peak':>8}"

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import xpnn  # noqa: E402
-from xpnn import backend, instrumented, optim, zoo  # noqa: E402
+from xpnn import backend, instrumented, optim, precision, zoo  # noqa: E402
 from xpnn.train import loop  # noqa: E402
 
 # name: (title, builder, input shape (C, H, W), classes, batch)
@@ -61,6 +61,8 @@ def count_core(name: str, optimizer: str) -> dict:
         model = build()
         loss = zoo.loss_for(model)
         opt = OPTIMIZERS[optimizer]()
+        if precision.dtype_policy().loss_scaling:
+            opt = optim.LossScaleOptimizer(opt)
         x_host, y_host = data(shape, classes, batch)
         x = xpnn.to_device(x_host, dtype="float32") * (1 / 255)
         y = xpnn.to_device(y_host if classes > 2 else y_host.astype(np.float32))
@@ -72,7 +74,7 @@ def count_core(name: str, optimizer: str) -> dict:
             phases["forward"] = dict(xp.ops)
             xp.reset()
             _, dloss = loss(out, y)
-            grad = dloss()
+            grad = opt.scale_loss(dloss())
             phases["loss"] = dict(xp.ops)
             xp.reset()
             backprop(grad)
@@ -123,8 +125,11 @@ def main() -> None:
     parser.add_argument("--class-weight", action="store_true",
                         help="fit with class_weight='balanced' (the loss weighs each sample)")
     parser.add_argument("--by-name", action="store_true", help="also list the operations of a fit step by name")
+    parser.add_argument("--precision", choices=precision.POLICIES, default="float32",
+                        help="the dtype policy the steps run under (xpnn.set_dtype_policy)")
     args = parser.parse_args()
-    print(f"xpnn {xpnn.__version__}: array operations per training step, {args.optimizer}, float32")
+    precision.set_dtype_policy(args.precision)
+    print(f"xpnn {xpnn.__version__}: array operations per training step, {args.optimizer}, {args.precision}")
     print(f"{'workload':<42} {'batch':>5} {'forward':>7} {'loss':>5} {'backward':>8} {'optim':>6} {'core':>5} "
           f"{'fit step':>8} {'host reads':>10}")
     for name in args.only:

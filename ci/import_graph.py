@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 #: Bottom first; a module belongs to the layer of the longest prefix that names it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("xpnn", "xpnn.backend", "xpnn.errors", "xpnn.files", "xpnn.instrumented")),
+    ("foundation", ("xpnn", "xpnn.backend", "xpnn.errors", "xpnn.files", "xpnn.instrumented", "xpnn.precision")),
     ("host data, checks, initializers", ("xpnn.init", "xpnn.validation", "xpnn.metrics", "xpnn.testing",
                                          "xpnn.data", "xpnn.datasets")),
     ("layers", ("xpnn.layers",)),

@@ -276,6 +276,25 @@ def test_training_options_are_recorded_shown_and_resumed_exactly(tmp_path):
     assert_user_error(changed, "--clip-norm 2.0 differs from the run being resumed (0.5)")
 
 
+def test_mixed_float16_runs_record_their_precision_and_resume_exactly_with_the_loss_scale(tmp_path):
+    common = ["--model", "mlp", "--limit", "200", "--quiet", "--precision", "mixed_float16"]
+    xpnn_cmd("train", *common, "--epochs", "2", "--out", tmp_path / "straight")
+    proc = xpnn_cmd("train", *common, "--epochs", "1", "--out", tmp_path / "resumed")
+    assert "mixed_float16 precision" in proc.stdout
+    xpnn_cmd("train", "--resume", tmp_path / "resumed", "--epochs", "2", "--quiet")
+    a, b = weights(tmp_path / "straight" / "checkpoint.npz"), weights(tmp_path / "resumed" / "checkpoint.npz")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert all(value.dtype == np.float32 for value in a.values())
+    model, optimizer, meta = xpnn.load_checkpoint(tmp_path / "resumed" / "checkpoint.npz")
+    _, straight, _ = xpnn.load_checkpoint(tmp_path / "straight" / "checkpoint.npz")
+    assert isinstance(optimizer, xpnn.optim.LossScaleOptimizer) and meta["settings"]["precision"] == "mixed_float16"
+    assert (optimizer.scale, optimizer.good_steps) == (straight.scale, straight.good_steps)
+    changed = xpnn_cmd("train", "--resume", tmp_path / "resumed", "--epochs", "3", "--precision", "float32",
+                       check=False)
+    assert_user_error(changed, "--precision float32 differs from the run being resumed (mixed_float16)")
+
+
 def test_a_checkpoint_from_before_the_training_options_resumes_with_their_defaults(tmp_path):
     run = tmp_path / "old"
     xpnn_cmd("train", "--model", "mlp", "--limit", "100", "--quiet", "--epochs", "1", "--out", run)

@@ -21,15 +21,18 @@ _EXPORTS = {
     "Callback": "train", "EarlyStopping": "train", "ReduceLROnPlateau": "train", "History": "train",
     "ModelCheckpoint": "train", "export_onnx": "onnx_export",
     "memory_estimate": "layers", "set_workspace_limit": "layers", "workspace_limit": "layers",
+    "set_dtype_policy": "precision", "dtype_policy": "precision", "set_float32_matmul_precision": "precision",
+    "get_float32_matmul_precision": "precision",
 }
 #: every public submodule, reachable as ``xpnn.NAME`` (imported on first use like the names above)
 _SUBMODULES = ("backend", "cli", "data", "datasets", "distributed", "errors", "files", "init", "instrumented", "io",
-               "layers", "losses", "metrics", "model", "onnx_export", "optim", "testing", "train", "validation", "zoo")
+               "layers", "losses", "metrics", "model", "onnx_export", "optim", "precision", "testing", "train", "validation", "zoo")
 
 __all__ = [*_SUBMODULES, "Device", "DeviceError", "set_device", "get_device", "current_device",
            "use_device", "devices", "to_device", "to_numpy", "seed", "Sequential", "mlp", "save", "load",
            "load_checkpoint", "History", "Callback", "EarlyStopping", "ReduceLROnPlateau",
            "ModelCheckpoint", "export_onnx", "memory_estimate", "set_workspace_limit", "workspace_limit",
+           "set_dtype_policy", "dtype_policy", "set_float32_matmul_precision", "get_float32_matmul_precision",
            "__version__"]
 
 

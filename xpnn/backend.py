@@ -449,8 +449,9 @@ def dtype_of(xp: Any, name: "str | Any") -> Any:
 
 
 def dtype_name(dtype: Any) -> str:
-    """``"float32"`` for any library's float32 dtype object (and so on for the standard's dtypes)."""
-    found = re.findall(r"bool|u?int(?:8|16|32|64)|float(?:16|32|64)", str(dtype))
+    """``"float32"`` for any library's float32 dtype object (and so on for the standard's dtypes, and
+    ``"bfloat16"`` for ml_dtypes')."""
+    found = re.findall(r"bool|u?int(?:8|16|32|64)|b?float(?:16|32|64)", str(dtype))
     if not found:
         raise TypeError(f"unsupported dtype {dtype!r}")
     return found[-1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .backend import DeviceError
 
 __all__ = ["ShapeError", "DataError", "TrainingDivergedError", "ModelFileError", "DeviceError", "DistributedError",
-           "OutOfMemoryError"]
+           "OutOfMemoryError", "PrecisionUnavailableError"]
 
 
 class ShapeError(ValueError):
@@ -30,3 +30,8 @@ class DistributedError(RuntimeError):
 class OutOfMemoryError(MemoryError):
     """Training ran out of device memory; the message gives the batch size, the memory estimate,
     the device's free memory and a batch size that fits."""
+
+
+class PrecisionUnavailableError(ValueError):
+    """A dtype policy cannot run here (bfloat16 without ml_dtypes, 16-bit floats on array-api-strict,
+    bfloat16 on CuPy 13); the message names what to install or use instead."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, backend
+from . import __version__, backend, precision
 from .errors import DataError, ModelFileError
 from .init import placeholders
 from .files import atomic_write, json_text
@@ -88,7 +88,7 @@ def save(model: Sequential, path: "str | os.PathLike[str]", *, optimizer: Any = 
         "format": FORMAT, "format_version": FORMAT_VERSION, "xpnn_version": __version__,
         "architecture": layer_spec(model), "input_shape": list(model.input_shape) if model.input_shape else None,
         "frozen": [path for path, layer in model.walk() if not layer.children() and not layer.trainable],
-        "dtype": model.dtype, "saved_from": model.device.name,
+        "dtype": model.dtype, "dtype_policy": precision.dtype_policy().name, "saved_from": model.device.name,
         "loss": None if model.loss is None else {"type": type(model.loss).__name__, "config": model.loss.config()},
         "metadata": _split_arrays(metadata or {}, "meta", arrays),
     }

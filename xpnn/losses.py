@@ -4,7 +4,8 @@ Each loss is the mean over the batch. With ``sample_weight`` (one number per sam
 device of ``pred``) each sample's loss is multiplied by its weight and the sum still divided by
 the batch size (Keras' ``sum_over_batch_size``). Cross-entropies work from logits (fused,
 numerically stable) by default and take ``label_smoothing``. Labels are checked on the host once,
-before training, by ``xpnn.validation.check_targets``.
+before training, by ``xpnn.validation.check_targets``. Under a mixed dtype policy the loss (and its
+softmax) is computed in float32 (:func:`xpnn.precision.variable`), whatever the model's output dtype.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Callable
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
+from . import precision
 from .errors import ShapeError
 from .layers.activations import sigmoid
 from .optim.arguments import number
@@ -71,6 +73,7 @@ class BinaryCrossEntropy(Loss):
         self.eps = float(eps)
 
     def __call__(self, pred: Any, target: Any, sample_weight: Any = None) -> tuple[Any, Callable[[], Any]]:
+        pred = precision.variable(pred)
         xp = array_namespace(pred)
         _check_batch("BinaryCrossEntropy", pred, target, sample_weight)
         y = xp.reshape(xp.astype(target, pred.dtype), tuple(pred.shape))
@@ -130,6 +133,7 @@ class CrossEntropy(Loss):
         self.label_smoothing = _smoothing("CrossEntropy", label_smoothing)
 
     def __call__(self, pred: Any, target: Any, sample_weight: Any = None) -> tuple[Any, Callable[[], Any]]:
+        pred = precision.variable(pred)
         xp = array_namespace(pred)
         _check_batch("CrossEntropy", pred, target, sample_weight)
         if pred.ndim != 2:
@@ -172,6 +176,7 @@ class MeanSquaredError(Loss):
     """Mean of squared errors over every element."""
 
     def __call__(self, pred: Any, target: Any, sample_weight: Any = None) -> tuple[Any, Callable[[], Any]]:
+        pred = precision.variable(pred)
         xp = array_namespace(pred)
         _check_batch("MeanSquaredError", pred, target, sample_weight)
         size = 1

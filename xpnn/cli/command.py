@@ -16,7 +16,7 @@ from .evaluate import cmd_evaluate
 from .export import cmd_export
 from .info import cmd_info
 from .predict import cmd_predict
-from .settings import DEFAULTS, SCHEDULES
+from .settings import DEFAULTS, PRECISIONS, SCHEDULES
 from .train import cmd_train
 
 
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--plateau", type=_positive, metavar="PATIENCE",
                        help="multiply the learning rate by 0.1 when the validation loss (the training loss without "
                             "validation) has not improved for PATIENCE epochs (default off)")
+    train.add_argument("--precision", choices=list(PRECISIONS),
+                       help="float32 (default), or 16-bit compute with float32 weights: mixed_bfloat16, mixed_float16 "
+                            "(with dynamic loss scaling); see xpnn.set_dtype_policy")
     train.add_argument("--seed", type=int, help="seed for weights, shuffling and splits (default 0)")
     train.add_argument("--augment", action="store_true", default=None,
                        help="random flips and crops (and brightness/contrast for color images)")

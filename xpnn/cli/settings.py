@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from .. import zoo
+from ..precision import POLICIES
 from .dataset import SAMPLE, data_spec
 from .errors import CLIError
 
@@ -17,12 +18,13 @@ DEFAULTS: dict[str, Any] = {"data": SAMPLE, "model": "cnn", "image_size": None, 
                             "batch_size": 64, "optimizer": "adam", "lr": None, "seed": 0, "augment": False,
                             "val_split": 0.1, "limit": None, "init_from": None, "freeze": False,
                             "schedule": "constant", "warmup_epochs": 0.0, "weight_decay": None, "clip_norm": None,
-                            "label_smoothing": 0.0, "class_weight": None, "plateau": None}
+                            "label_smoothing": 0.0, "class_weight": None, "plateau": None, "precision": "float32"}
 
 #: settings added after runs were first written: a checkpoint without them resumes with their defaults
 LATER_SETTINGS = ("schedule", "warmup_epochs", "weight_decay", "clip_norm", "label_smoothing", "class_weight",
-                  "plateau")
+                  "plateau", "precision")
 SCHEDULES = ("constant", "step", "cosine")
+PRECISIONS = POLICIES
 
 
 def is_int(value: Any, low: int = 0) -> bool:
@@ -54,6 +56,7 @@ SETTING_CHECKS: dict[str, tuple[str, Any]] = {
     "label_smoothing": ("a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1),
     "class_weight": ("null or 'balanced'", lambda v: v in (None, "balanced")),
     "plateau": ("null or a positive integer", lambda v: v is None or is_int(v, 1)),
+    "precision": (f"one of {', '.join(PRECISIONS)}", lambda v: v in PRECISIONS),
 }
 
 
@@ -83,6 +86,8 @@ def recipe(settings: dict[str, Any]) -> str:
         parts.append(f"{settings['class_weight']} class weights")
     if settings.get("plateau") is not None:
         parts.append(f"lr x0.1 after {settings['plateau']} epoch(s) without improvement")
+    if settings.get("precision", "float32") != "float32":
+        parts.append(f"{settings['precision']} precision")
     return ", ".join(parts)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__, backend, metrics, zoo
+from .. import __version__, backend, metrics, precision, zoo
 from ..errors import OutOfMemoryError, TrainingDivergedError
 from ..io import load_checkpoint, load_weights, save
 from ..layers.memory import memory_estimate
@@ -77,6 +77,9 @@ def _optimizer(settings: dict[str, Any]) -> Any:
         optimizer.lr = StepDecay(lr, step_size=max(1, epochs // 3), gamma=0.1, warmup_epochs=warmup)
     elif warmup:
         optimizer.lr = Constant(lr, warmup_epochs=warmup)
+    if precision.DTypePolicy(settings["precision"]).loss_scaling:  # wrapped here, so checkpoints hold its state
+        from ..optim import LossScaleOptimizer
+        optimizer = LossScaleOptimizer(optimizer)
     settings["lr"] = lr
     return optimizer
 
@@ -97,6 +100,11 @@ def _plateau(settings: dict[str, Any], validation: Any, meta: dict[str, Any] | N
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    with precision.set_dtype_policy(precision.dtype_policy()):  # the run's --precision, undone at its end
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     started = time.time()
     out = output_folder(args)
     device, note = select_device(args.device)
@@ -111,6 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                            f"N > {initial_epoch} to train further")
     else:
         settings, initial_epoch = resolve_settings(args, None), 0
+    precision.set_dtype_policy(settings["precision"])
+    precision.check_available(device.xp)
     backend.seed(settings["seed"])
     data, (x_train, y_train), validation, (x_test, y_test) = training_data(settings)
     if args.resume:

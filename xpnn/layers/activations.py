@@ -6,6 +6,7 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
+from .. import precision
 from ..errors import ShapeError
 from .base import Backprop, Layer
 
@@ -69,7 +70,8 @@ class Tanh(Layer):
 
 class Softmax(Layer):
     """Softmax along ``axis``. For classification prefer raw logits with ``losses.CrossEntropy``,
-    which fuses the softmax and is exact where this layer's probabilities underflow."""
+    which fuses the softmax and is exact where this layer's probabilities underflow. It computes in
+    float32 under a mixed dtype policy (:mod:`xpnn.precision`), and returns float32."""
 
     def __init__(self, axis: int = -1) -> None:
         self.axis = int(axis)
@@ -84,10 +86,12 @@ class Softmax(Layer):
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         xp = array_namespace(x)
         axis = self.axis
+        x = precision.variable(x)
         e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
         y = e / xp.sum(e, axis=axis, keepdims=True)
 
         def backprop(dy: Any) -> Any:
+            dy = precision.variable(dy)
             return y * (dy - xp.sum(dy * y, axis=axis, keepdims=True))
 
         return y, backprop

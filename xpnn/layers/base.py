@@ -103,8 +103,11 @@ class Parameter:
 
     def accumulate(self, grad: Any) -> None:
         """Add ``grad`` to ``self.grad`` (the first contribution is stored without a copy);
-        a frozen parameter keeps no gradient."""
+        a frozen parameter keeps no gradient. A gradient computed in a 16-bit compute dtype (a mixed
+        dtype policy) is cast to the parameter's dtype first: gradients are variables, float32."""
         if self.trainable:
+            if grad.dtype != self.value.dtype:
+                grad = array_namespace(grad).astype(grad, self.value.dtype)
             self.grad = grad if self.grad is None else self.grad + grad
 
     def zero_grad(self) -> None:

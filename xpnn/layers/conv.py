@@ -20,6 +20,7 @@ import array_api_extra as xpx
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
+from .. import precision
 from ..errors import ShapeError
 from ..init import initialize
 from .base import Backprop, Layer, Parameter
@@ -149,6 +150,7 @@ class Conv2D(Layer):
 
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         xp = array_namespace(x)
+        x = precision.compute(x)
         n, c, h, w = (int(d) for d in x.shape)
         out_hw = spatial_output_shape(self, tuple(x.shape), self.kernel_size, self.stride, self.pads, self.dilation)
         out_c, taps = self.out_channels, self.kernel_size[0] * self.kernel_size[1]
@@ -159,9 +161,10 @@ class Conv2D(Layer):
         w_mat = xp.reshape(xp.permute_dims(weight.value, (0, 2, 3, 1)), (out_c, rows))
         if bias is not None:
             w_mat = xp.concat([w_mat, xp.reshape(bias.value, (out_c, 1))], axis=1)
+        w_mat = precision.compute(w_mat)
         images = xp.permute_dims(x, (1, 0, 2, 3))
         windows = list(window_slices(self.kernel_size, self.stride, out_hw, self.dilation))
-        chunk = batch_chunk(n, self.column_bytes(tuple(x.shape), xp.finfo(x.dtype).bits // 8), xp)
+        chunk = batch_chunk(n, self.column_bytes(tuple(x.shape), precision.itemsize(x.dtype)), xp)
         pads = self.pads
 
         def columns(start: int, stop: int) -> Any:
@@ -175,24 +178,24 @@ class Conv2D(Layer):
             return xp.reshape(xp.concat(parts, axis=0), (rows + (bias is not None), (stop - start) * pixels))
 
         if chunk >= n:
-            y = xp.matmul(w_mat, columns(0, n))
+            y = precision.matmul(w_mat, columns(0, n))
         else:
             y = xp.empty((out_c, n * pixels), dtype=x.dtype, device=device_of(x))
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
-                y[:, start * pixels:stop * pixels] = xp.matmul(w_mat, columns(start, stop))
+                y[:, start * pixels:stop * pixels] = precision.matmul(w_mat, columns(start, stop))
         y = xp.permute_dims(xp.reshape(y, (out_c, n, *out_hw)), (1, 0, 2, 3))
 
         def backprop(dy: Any) -> Any:
             """Rebuilds the columns chunk by chunk (the forward kept only its input) for the weight
             gradient, and adds the column gradient ``W.T @ dy`` back into dx offset by offset (col2im)."""
-            dy_mat = xp.reshape(xp.permute_dims(dy, (1, 0, 2, 3)), (out_c, -1))
+            dy_mat = xp.reshape(xp.permute_dims(precision.compute(dy), (1, 0, 2, 3)), (out_c, -1))
             weight_grad = weight.trainable  # a frozen layer skips its weight-gradient matmuls
             if not weight_grad and not input_grad:
                 return None
             if input_grad:
                 w_t = xp.matrix_transpose(w_mat[:, :rows])
-                dx = xp.zeros((c, n, h + sum(pads[0]), w + sum(pads[1])), dtype=dy.dtype, device=device_of(dy))
+                dx = xp.zeros((c, n, h + sum(pads[0]), w + sum(pads[1])), dtype=x.dtype, device=device_of(dy))
             dw_mat = None
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
@@ -200,13 +203,14 @@ class Conv2D(Layer):
                 if weight_grad:
                     # computed transposed, (rows, O) = cols @ dy.T: OpenBLAS runs that orientation 10-15%
                     # faster on the conv shapes benchmarked, and the result is small
-                    part = xp.matmul(columns(start, stop), xp.matrix_transpose(dy_part))
+                    # summed over the chunks in the variable dtype
+                    part = precision.variable(precision.matmul(columns(start, stop), xp.matrix_transpose(dy_part)))
                     if dw_mat is None:
                         dw_mat = part
                     else:
                         dw_mat += part
                 if input_grad:
-                    dcols = xp.reshape(xp.matmul(w_t, dy_part), (taps, c, stop - start, *out_hw))
+                    dcols = xp.reshape(precision.matmul(w_t, dy_part), (taps, c, stop - start, *out_hw))
                     for k, (hs, ws) in enumerate(windows):
                         add_into(dx, (slice(None), slice(start, stop), hs, ws), dcols[k, ...])
             if weight_grad:

@@ -5,6 +5,7 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
+from .. import precision
 from ..errors import ShapeError
 from ..init import initialize
 from .base import Backprop, Layer, Parameter
@@ -37,17 +38,18 @@ class Linear(Layer):
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         xp = array_namespace(x)
         weight, bias = self.weight, self.bias
-        w = weight.value
-        y = xp.matmul(x, w)
+        x, w = precision.compute(x), precision.compute(weight.value)
+        y = precision.matmul(x, w)
         if bias is not None:
-            y = y + bias.value
+            y = y + precision.compute(bias.value)
 
         def backprop(dy: Any) -> Any:
+            dy = precision.compute(dy)
             if weight.trainable:  # a frozen layer skips its weight-gradient matmul
-                weight.accumulate(xp.matmul(xp.matrix_transpose(x), dy))
+                weight.accumulate(precision.matmul(xp.matrix_transpose(x), dy))
                 if bias is not None:
-                    bias.accumulate(xp.sum(dy, axis=0))
-            return xp.matmul(dy, xp.matrix_transpose(w)) if input_grad else None
+                    bias.accumulate(xp.sum(dy, axis=0, dtype=bias.value.dtype))
+            return precision.matmul(dy, xp.matrix_transpose(w)) if input_grad else None
 
         return y, backprop
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
+from .. import precision
 from ..errors import ShapeError
 from ..init import initialize
 from .base import Backprop, Layer, Parameter, backprop_ran_twice, is_recomputing
@@ -67,7 +68,7 @@ class _BatchNorm(Layer):
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         xp = array_namespace(x)
         shape = tuple(int(d) for d in x.shape)
-        values = self._channel_major(x)
+        values = precision.variable(self._channel_major(x))  # the normalization arithmetic is float32
         count = int(values.shape[1])
         gamma, beta = self.gamma, self.beta
         if not train or not self._trainable:  # frozen: running statistics, in fit too (Keras' rule)
@@ -78,12 +79,12 @@ class _BatchNorm(Layer):
             y += shift[:, None]
 
             def backprop_eval(dy: Any) -> Any:
-                dy_values = self._channel_major(dy)
+                dy_values = precision.variable(self._channel_major(dy))
                 gamma.accumulate(_row_dots(dy_values, values - self.running_mean[:, None]) * inv_std)
                 beta.accumulate(xp.sum(dy_values, axis=1))
-                return self._batch_major(dy_values * scale[:, None], shape) if input_grad else None
+                return self._batch_major(precision.compute(dy_values * scale[:, None]), shape) if input_grad else None
 
-            return self._batch_major(y, shape), backprop_eval
+            return self._batch_major(precision.compute(y), shape), backprop_eval
         if count < 2:
             raise ShapeError(f"{self.describe()} needs more than one value per channel in training, "
                              f"got input shape {shape}")
@@ -96,29 +97,31 @@ class _BatchNorm(Layer):
         scale = gamma.value * inv_std
         y = centered * scale[:, None]
         y += beta.value[:, None]
+        centered = precision.compute(centered)  # what backward keeps is 16-bit under a mixed policy
 
         def backprop(dy: Any) -> Any:
-            """Runs once: dx is computed in place in ``centered``'s memory (no full-size temporary)."""
+            """Runs once: dx is computed in place in ``centered``'s memory (no full-size temporary;
+            under a mixed policy, in its float32 copy)."""
             # with x_hat = centered * inv_std: dgamma = sum(dy * x_hat), dbeta = sum(dy), and
             # dx = scale * (dy - centered * inv_std * dgamma / count - dbeta / count), per channel
             nonlocal centered
             if centered is None:
                 raise backprop_ran_twice(self)
-            dy_values = self._channel_major(dy)
+            dy_values = precision.variable(self._channel_major(dy))
+            dx, centered = precision.variable(centered), None
             dbeta = xp.sum(dy_values, axis=1)
-            dgamma = _row_dots(dy_values, centered) * inv_std
+            dgamma = _row_dots(dy_values, dx) * inv_std
             gamma.accumulate(dgamma)
             beta.accumulate(dbeta)
-            dx, centered = centered, None
             if not input_grad:
                 return None
             dx *= (inv_std * dgamma * (-1.0 / count))[:, None]
             dx += dy_values
             dx -= (dbeta * (1.0 / count))[:, None]
             dx *= scale[:, None]
-            return self._batch_major(dx, shape)
+            return self._batch_major(precision.compute(dx), shape)
 
-        return self._batch_major(y, shape), backprop
+        return self._batch_major(precision.compute(y), shape), backprop
 
     def _update_running(self, batch_mean: Any, batch_var: Any) -> None:
         m = self.momentum

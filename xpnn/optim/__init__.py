@@ -14,16 +14,17 @@ calls ``optimizer.set_epoch(epoch, steps_per_epoch)`` at the start of every epoc
 ``step`` moves ``optimizer.lr`` to the next update's value (Python arithmetic, nothing on the
 device). ``optimizer.lr_factor`` scales either (``ReduceLROnPlateau`` lowers it). Every optimizer
 takes Keras' ``clipnorm``, ``clipvalue`` or ``global_clipnorm``, applied in one place,
-``Optimizer._clipped``, to the gradients the update uses.
+``Optimizer._clipped``, to the gradients the update uses. :class:`LossScaleOptimizer` wraps any of
+them with dynamic loss scaling for float16 training (``fit`` does under ``mixed_float16``).
 
 Modules: :mod:`.optimizers` (the flat-buffer :class:`Optimizer` base and its subclasses),
 :mod:`.schedules` (learning rate per update, with warmup) and :mod:`.arguments` (the hyperparameter checks and
 the name-or-record factory both use).
 """
-from .optimizers import SGD, Adam, AdamW, Optimizer, RMSprop, get_optimizer
+from .optimizers import SGD, Adam, AdamW, LossScaleOptimizer, Optimizer, RMSprop, get_optimizer
 from .schedules import Constant, CosineDecay, ExponentialDecay, Schedule, StepDecay, get_schedule
 
 __all__ = [
-    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get_optimizer",
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LossScaleOptimizer", "get_optimizer",
     "Schedule", "Constant", "StepDecay", "CosineDecay", "ExponentialDecay", "get_schedule",
 ]

@@ -15,7 +15,7 @@ from ..layers.base import Parameter
 from .arguments import NON_NEGATIVE, POSITIVE, UNIT, from_spec, integer, number
 from .schedules import Schedule, get_schedule
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get_optimizer"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LossScaleOptimizer", "get_optimizer"]
 
 
 @dataclass
@@ -214,9 +214,18 @@ class Optimizer:
         active = [param for param in params if param.grad is not None]
         if not active:
             return
-        lr = self._lr
         groups = self._packed(active)
-        grads = self._clipped(groups, [self._gradients(group) for group in groups])
+        self._apply(groups, [self._gradients(group) for group in groups])
+
+    def scale_loss(self, grad: Any) -> Any:
+        """The loss gradient the backward pass starts from, ``grad`` itself here (Keras' ``scale_loss``);
+        :class:`LossScaleOptimizer` multiplies it by its loss scale."""
+        return grad
+
+    def _apply(self, groups: list[_FlatGroup], grads: list[list[Any]]) -> None:
+        """Clip ``grads`` (per group, as :meth:`_gradients` gives them) and update each group in place."""
+        lr = self._lr
+        grads = self._clipped(groups, grads)
         for group, group_grads in zip(groups, grads):
             group.step += 1
             if is_numpy_namespace(group.xp):
@@ -598,6 +607,168 @@ class RMSprop(Optimizer):
         return {"alpha": self.alpha, "eps": self.eps, "momentum": self.momentum}
 
 
+# --------------------------------------------------------------------------- loss scaling
+
+class LossScaleOptimizer(Optimizer):
+    """Dynamic loss scaling around another optimizer, for float16 training (``mixed_float16``).
+
+    The backward pass starts from the loss gradient times ``scale`` (:meth:`scale_loss`), so small
+    float16 gradients do not flush to zero; :meth:`step` divides the gradients by ``scale`` before
+    the wrapped optimizer clips and applies them. A step whose gradients hold inf or NaN is
+    skipped: the weights and the optimizer's state arrays keep their values, ``scale`` is multiplied
+    by ``backoff_factor`` and the count of good steps restarts; after ``growth_interval`` good steps
+    in a row ``scale`` is multiplied by ``growth_factor``. PyTorch's ``GradScaler`` constants and
+    rules. All of it is decided on the device: a step reads nothing back. So the wrapped
+    optimizer's step count (Adam's bias correction, a host-side number) still counts a skipped
+    step; its arrays do not change. To put them back, a step holds a copy of the flat weight and
+    state buffers while it runs (transient memory: ``1 + state_slots`` times the parameters).
+    ``fit`` wraps the optimizer in one under ``mixed_float16`` (bfloat16 has float32's range and
+    needs none). The scale and the count are saved in :meth:`state_dict`, so a resumed run goes on
+    exactly.
+    """
+
+    name = "loss_scale"
+
+    def __init__(self, optimizer: "Optimizer | str | Mapping[str, Any]", initial_scale: float = 2.0 ** 16,
+                 growth_factor: float = 2.0, backoff_factor: float = 0.5, growth_interval: int = 2000) -> None:
+        owner = "LossScaleOptimizer"
+        inner = get_optimizer(optimizer)
+        if isinstance(inner, LossScaleOptimizer):
+            raise ValueError(f"{owner}: the optimizer is already a LossScaleOptimizer; wrap the optimizer itself")
+        self.initial_scale = number(owner, "initial_scale", initial_scale, POSITIVE)
+        self.growth_factor = number(owner, "growth_factor", growth_factor, ("a number >= 1", lambda v: v >= 1.0))
+        self.backoff_factor = number(owner, "backoff_factor", backoff_factor, ("a number in (0, 1)",
+                                                                               lambda v: 0.0 < v < 1.0))
+        self.growth_interval = integer(owner, "growth_interval", growth_interval, 1)
+        self.inner = inner
+        #: the scale and the count of good steps in a row: host numbers until the first step, then device arrays
+        self._scale: Any = self.initial_scale
+        self._good_steps: Any = 0
+
+    # ---- what the loop and the callbacks use, from the wrapped optimizer
+
+    @property
+    def lr(self) -> float:
+        return self.inner.lr
+
+    @lr.setter
+    def lr(self, value: Any) -> None:
+        self.inner.lr = value
+
+    @property
+    def lr_factor(self) -> float:
+        return self.inner.lr_factor
+
+    @lr_factor.setter
+    def lr_factor(self, value: float) -> None:
+        self.inner.lr_factor = value
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else (``schedule``, ``last_lr``, ``epoch``, ``state``, hyperparameters) is the
+        wrapped optimizer's."""
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def set_epoch(self, epoch: int, steps_per_epoch: int | None = None) -> None:
+        self.inner.set_epoch(epoch, steps_per_epoch)
+
+    def zero_grad(self, params: Iterable[Parameter]) -> None:
+        self.inner.zero_grad(params)
+
+    def _state_arrays(self) -> tuple[str, ...]:
+        return self.inner._state_arrays()
+
+    # ---- scaling
+
+    @property
+    def scale(self) -> float:
+        """The current loss scale (read from the device: for logs and tests, not inside a step)."""
+        return float(self._scale)
+
+    @property
+    def good_steps(self) -> int:
+        """Good steps in a row since the scale last changed (GradScaler's growth tracker)."""
+        return int(self._good_steps)
+
+    def _on_device(self, like: Any) -> tuple[Any, Any]:
+        """The scale (float32) and the good-step count (int32) as arrays on ``like``'s device."""
+        xp = array_namespace(like)
+        if not backend.is_array(self._scale):
+            self._scale = xp.asarray(self._scale, dtype=xp.float32, device=device_of(like))
+            self._good_steps = xp.asarray(self._good_steps, dtype=xp.int32, device=device_of(like))
+        return self._scale, self._good_steps
+
+    def scale_loss(self, grad: Any) -> Any:
+        """``grad`` (the loss gradient) times the loss scale, on the device."""
+        scale, _ = self._on_device(grad)
+        return grad * array_namespace(grad).astype(scale, grad.dtype)
+
+    def step(self, params: Sequence[Parameter]) -> None:
+        """Unscale the gradients, apply them with the wrapped optimizer unless one is inf/NaN, and
+        update the scale: everything on the device, nothing read back."""
+        inner = self.inner
+        if not isinstance(params, (list, tuple)):
+            params = list(params)
+        if inner._stateful():
+            inner._check_names(params)
+        active = [param for param in params if param.grad is not None]
+        if not active:
+            return
+        groups = inner._packed(active)
+        if len({group.device for group in groups}) > 1:
+            raise ValueError(f"LossScaleOptimizer needs every parameter on one device, got "
+                             f"{sorted({group.device.name for group in groups})}")
+        xp = groups[0].xp
+        with backend.device_context(groups[0].device):
+            scale, good_steps = self._on_device(groups[0].flat)
+            inverse = 1.0 / scale
+            grads = [[g * xp.astype(inverse, g.dtype) for g in inner._gradients(group)] for group in groups]
+            finite = xp.all(xp.stack([xp.all(xp.isfinite(g)) for gs in grads for g in gs]))
+            buffers = [buffer for group in groups for buffer in (group.flat, *group.state.values())]
+            before = [xp.asarray(buffer, copy=True) for buffer in buffers]
+            inner._apply(groups, grads)
+            for buffer, old in zip(buffers, before):
+                buffer[...] = xp.where(finite, buffer, old)
+            self._update_scale(xp, finite, scale, good_steps)
+
+    def _update_scale(self, xp: Any, finite: Any, scale: Any, good_steps: Any) -> None:
+        """GradScaler's rule: inf/NaN halves the scale and restarts the count; ``growth_interval``
+        good steps in a row double it and restart the count."""
+        counted = xp.where(finite, good_steps + 1, xp.zeros_like(good_steps))
+        grow = counted >= self.growth_interval
+        self._scale = xp.where(finite, xp.where(grow, scale * self.growth_factor, scale), scale * self.backoff_factor)
+        self._good_steps = xp.where(grow, xp.zeros_like(counted), counted)
+
+    # ---- saving and rebuilding
+
+    def config(self) -> dict[str, Any]:
+        return {"optimizer": {"name": self.inner.name, **self.inner.config()}, "initial_scale": self.initial_scale,
+                "growth_factor": self.growth_factor, "backoff_factor": self.backoff_factor,
+                "growth_interval": self.growth_interval}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's state with this one's name and config, plus the scale and count."""
+        return {**self.inner.state_dict(), "name": self.name, "config": self.config(),
+                "loss_scale": {"scale": self.scale, "good_steps": self.good_steps}}
+
+    def load_state_dict(self, state: Mapping[str, Any], params: Iterable[Parameter]) -> None:
+        owner = "LossScaleOptimizer.load_state_dict"
+        if state.get("name") != self.name:
+            raise ValueError(f"{owner}: the state is from a {state.get('name')!r} optimizer, this one is {self.name!r}")
+        saved = state.get("loss_scale")
+        if not isinstance(saved, Mapping):
+            raise ValueError(f"{owner}: the state has no loss_scale record")
+        scale = number(owner, "loss_scale.scale", saved.get("scale"), POSITIVE)
+        good_steps = integer(owner, "loss_scale.good_steps", saved.get("good_steps"), 0)
+        self.inner.load_state_dict({**state, "name": self.inner.name}, params)
+        self._scale, self._good_steps = scale, good_steps
+
+    def __repr__(self) -> str:
+        return (f"LossScaleOptimizer({self.inner!r}, scale={self.scale:g}, growth_factor={self.growth_factor}, "
+                f"backoff_factor={self.backoff_factor}, growth_interval={self.growth_interval})")
+
+
 # --------------------------------------------------------------------------- factory
 
 def _momentum_sgd(lr: Any = 0.01, momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0,
@@ -609,6 +780,9 @@ def _momentum_sgd(lr: Any = 0.01, momentum: float = 0.9, nesterov: bool = False,
 _OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
     "sgd": SGD, "momentum": _momentum_sgd, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop,
 }
+#: wrappers, rebuilt from a record (a model file records the class name) but not offered as a choice
+_WRAPPERS: dict[str, Callable[..., Optimizer]] = {"loss_scale": LossScaleOptimizer,
+                                                  "lossscaleoptimizer": LossScaleOptimizer}
 
 
 def get_optimizer(spec: "Optimizer | str | Mapping[str, Any]", **kwargs: Any) -> Optimizer:
@@ -616,4 +790,7 @@ def get_optimizer(spec: "Optimizer | str | Mapping[str, Any]", **kwargs: Any) ->
     ``"adamw"``, ``"rmsprop"``, any case) with constructor arguments, or a record
     ``{"name": opt.name, **opt.config()}``.
     """
+    name = spec.get("name") if isinstance(spec, Mapping) else spec
+    if isinstance(name, str) and name.strip().lower() in _WRAPPERS:
+        return from_spec("optimizer", Optimizer, _WRAPPERS, spec, kwargs)
     return from_spec("optimizer", Optimizer, _OPTIMIZERS, spec, kwargs)

@@ -18,11 +18,11 @@ from typing import Any, Callable, Sequence
 
 from array_api_compat import array_namespace
 
-from .. import backend, distributed
+from .. import backend, distributed, precision
 from ..data.loader import DataLoader
 from ..errors import TrainingDivergedError
 from ..losses import Loss, get_loss
-from ..optim import SGD, get_optimizer
+from ..optim import SGD, LossScaleOptimizer, get_optimizer
 from .callbacks import Callback
 from .history import History
 from .inputs import checked_data, checked_inputs, host_array
@@ -83,9 +83,17 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
 
     With a schedule, the learning rate moves at every update; the history logs ``lr``, the rate of
     the epoch's first update, and ``lr_last``, of its last.
+
+    Under the ``mixed_float16`` dtype policy (:func:`xpnn.set_dtype_policy`) the optimizer is
+    wrapped in a :class:`~xpnn.optim.LossScaleOptimizer` (unless it is one), which becomes
+    ``model.optimizer``; a policy that cannot run on the model's device raises before training.
     """
     loss = get_loss(loss if loss is not None else model.loss or "cross_entropy")
     optimizer = get_optimizer(optimizer) if optimizer is not None else (model.optimizer or SGD(lr=0.01))
+    policy = precision.dtype_policy()
+    precision.check_available(model.device.xp, policy)
+    if policy.loss_scaling and not isinstance(optimizer, LossScaleOptimizer):
+        optimizer = LossScaleOptimizer(optimizer)
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if model.parameters() and not model.parameters(trainable=True):
@@ -192,7 +200,7 @@ def _train_step(model: Any, loss: Loss, optimizer: Any, params: list[Any], strat
     when the next step's forward pass starts: only one step's saved arrays are ever alive."""
     out, backprop = model(xb, train=True, input_grad=False)
     value, dloss = loss(out, yb, *weight)
-    backprop(dloss())
+    backprop(optimizer.scale_loss(dloss()))
     if strategy is not None:
         strategy.reduce_gradients(params, int(out.shape[0]))
     optimizer.step(params)
@@ -230,11 +238,12 @@ def _evaluate_checked(model: Any, x_data: Any, y_data: Any, *, loss: Loss, batch
 @_on_model_device
 def predict(model: Any, x: Any, *, batch_size: int = 256, scale: Any = None, to_host: bool = True) -> Any:
     """Model outputs for ``x`` in eval mode, batch by batch: a NumPy array (or device array if
-    ``to_host=False``). Apply the output activation yourself if the model ends in logits."""
+    ``to_host=False``), float32 under any dtype policy. Apply the output activation yourself if the
+    model ends in logits."""
     x_data = checked_inputs(model, x, "x")
     model.build(tuple(x_data.shape[1:]))
     loader = DataLoader(x_data, None, batch_size, device=model.device, dtype=model.dtype, scale=scale)
-    outputs = [model(loader.take(idx)[0], train=False)[0] for idx in loader.batch_indices()]
+    outputs = [precision.variable(model(loader.take(idx)[0], train=False)[0]) for idx in loader.batch_indices()]
     xp = array_namespace(outputs[0])
     out = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=0)
     return backend.to_numpy(out) if to_host else out

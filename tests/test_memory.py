@@ -190,3 +190,15 @@ def test_train_out_of_memory_is_one_line_and_keeps_the_checkpoint(tmp_path, caps
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "out of memory"
     _, _, meta = xpnn.load_checkpoint(tmp_path / "run" / "checkpoint.npz")
     assert meta["epoch"] == 1
+
+
+def test_memory_estimate_draws_nothing_from_the_generators():
+    """The dry run's dropout must not move the host stream (a resumed run continues it exactly)."""
+    from xpnn import zoo
+
+    model = zoo.resnet((3, 16, 16), 2, widths=(4, 8), blocks=(1, 1), dropout=0.5)
+    xpnn.seed(11)
+    expected = xpnn.backend.host_rng().random(3)
+    xpnn.seed(11)
+    layers.memory_estimate(model, 8, (3, 16, 16))
+    np.testing.assert_array_equal(xpnn.backend.host_rng().random(3), expected)

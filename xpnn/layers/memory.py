@@ -160,7 +160,8 @@ def _dry_step(twin: Layer, shape: tuple[int, ...], columns: int) -> tuple[int, l
     dtype = twin.parameters()[0].value.dtype if twin.parameters() else xp.float32
     x = xp.zeros(shape, dtype=dtype) + 0.5
     leaves = [layer for _, layer in twin.walk() if not layer.children()]
-    with _traced() as traced, workspace(max(1, columns), cache_blocks=False):
+    # dropout draws from the host generator: the user's stream (a resumed run's) must not move
+    with backend.preserved_rng(), _traced() as traced, workspace(max(1, columns), cache_blocks=False):
         base = traced()[0]
         peaks: list[int] = []
 

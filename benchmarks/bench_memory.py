@@ -57,14 +57,6 @@ WORKLOADS = {
 }
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def _steps(name: str, library: str, device: str):
     """The model (for the estimate) and a function running one training step of ``library``."""
     title, shape, batch, classes, build = WORKLOADS[name]
@@ -134,10 +126,10 @@ def measure(name: str, library: str, device: str, steps: int) -> dict:
         return {"peak": pool.total_bytes() - base, "estimate": estimate}
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets the peak resident set (VmHWM) to the current one
-    base = _status_kib("VmRSS")
+    base = bench_cnn._status_kib("VmRSS")
     for _ in range(steps):
         step()
-    return {"peak": (_status_kib("VmHWM") - base) * 1024, "estimate": estimate}
+    return {"peak": (bench_cnn._status_kib("VmHWM") - base) * 1024, "estimate": estimate}
 
 
 def child(name: str, library: str, args) -> dict:

@@ -241,14 +241,20 @@ def test_load_state_dict_errors(device):
         SGD(momentum=0.9).load_state_dict({**saved, "name": "sgd"}, [param])
 
 
-def test_state_that_no_longer_fits_its_parameter_is_dropped(device):
-    """A head replaced under the same name starts from fresh state; the other parameters keep theirs."""
+def _adam_after_two_steps(device):
+    """An Adam that stepped a body and a head ("0.weight", "1.weight") twice, with both."""
     opt = Adam(0.1)
     head, body = make_param(device, name="1.weight"), make_param(device, name="0.weight")
     for grad in GRADS[:2]:
         for p in (head, body):
             p.grad = backend.to_device(grad, device, dtype="float32")
         opt.step([body, head])
+    return opt, head, body
+
+
+def test_state_that_no_longer_fits_its_parameter_is_dropped(device):
+    """A head replaced under the same name starts from fresh state; the other parameters keep theirs."""
+    opt, head, body = _adam_after_two_steps(device)
     saved = opt.state_dict()
     new_head = make_param(device, np.ones(3), name="1.weight")
     resumed = Adam(0.1)
@@ -264,12 +270,7 @@ def test_state_that_no_longer_fits_its_parameter_is_dropped(device):
 def test_the_same_optimizer_reused_after_a_new_head_drops_its_stale_state(device):
     """Not through load_state_dict: the optimizer that trained the old head steps the new one
     (another shape, same name) from fresh state, exactly as a new optimizer would."""
-    opt = Adam(0.1)
-    head, body = make_param(device, name="1.weight"), make_param(device, name="0.weight")
-    for grad in GRADS[:2]:
-        for p in (head, body):
-            p.grad = backend.to_device(grad, device, dtype="float32")
-        opt.step([body, head])
+    opt, head, body = _adam_after_two_steps(device)
     kept = backend.to_numpy(opt.state["0.weight"]["exp_avg"]).copy()
     new_head, fresh_head = (make_param(device, np.arange(3.0), name="1.weight") for _ in range(2))
     for p in (new_head, fresh_head, body):

@@ -207,15 +207,19 @@ class Optimizer:
         and makes each ``Parameter.value`` (and each state array in ``self.state``) a view of it;
         an array taken from a parameter before that is no longer the one updated.
         """
+        groups = self._groups_to_step(params)
+        if groups:
+            self._apply(groups, [self._gradients(group) for group in groups])
+
+    def _groups_to_step(self, params: Sequence[Parameter]) -> list["_FlatGroup"]:
+        """The flat groups of the parameters that have a gradient (none: nothing to step), their
+        names checked against the optimizer state first."""
         if not isinstance(params, (list, tuple)):
             params = list(params)
         if self._stateful():
             self._check_names(params)
         active = [param for param in params if param.grad is not None]
-        if not active:
-            return
-        groups = self._packed(active)
-        self._apply(groups, [self._gradients(group) for group in groups])
+        return self._packed(active) if active else []
 
     def scale_loss(self, grad: Any) -> Any:
         """The loss gradient the backward pass starts from, ``grad`` itself here (Keras' ``scale_loss``);
@@ -708,14 +712,9 @@ class LossScaleOptimizer(Optimizer):
         """Unscale the gradients, apply them with the wrapped optimizer unless one is inf/NaN, and
         update the scale: everything on the device, nothing read back."""
         inner = self.inner
-        if not isinstance(params, (list, tuple)):
-            params = list(params)
-        if inner._stateful():
-            inner._check_names(params)
-        active = [param for param in params if param.grad is not None]
-        if not active:
+        groups = inner._groups_to_step(params)
+        if not groups:
             return
-        groups = inner._packed(active)
         if len({group.device for group in groups}) > 1:
             raise ValueError(f"LossScaleOptimizer needs every parameter on one device, got "
                              f"{sorted({group.device.name for group in groups})}")

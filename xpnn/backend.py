@@ -25,7 +25,8 @@ from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_nam
 __all__ = [
     "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device", "device_context",
     "devices", "device_of", "to_device", "to_numpy", "seed", "host_rng", "rng_state", "set_rng_state",
-    "random_uniform", "random_snapshot", "replayed_random", "memory_info", "is_out_of_memory", "ARRAY_LIBRARIES", "register_array_library",
+    "random_uniform", "random_snapshot", "replayed_random", "memory_info", "ARRAY_LIBRARIES",
+    "register_array_library",
 ]
 
 GPU_INSTALL_HINT = ('pip install "xpnn[gpu]" (CuPy for CUDA 12 with the CUDA libraries it needs, cupy-cuda12x[ctk]; '
@@ -374,12 +375,6 @@ def memory_info(device: "Device | str | None" = None) -> tuple[int, int] | None:
         return fields["MemAvailable"], fields["MemTotal"]
     except (OSError, KeyError, ValueError, IndexError):
         return None
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` says an allocation failed: NumPy's ``MemoryError`` or CuPy's ``OutOfMemoryError``."""
-    kind = type(exc)
-    return isinstance(exc, MemoryError) or (kind.__name__ == "OutOfMemoryError" and kind.__module__.startswith("cupy"))
 
 
 def release_cached_memory(device: Device) -> None:

@@ -127,8 +127,8 @@ def memory_model(model: Layer, sample_shape: Sequence[int], optimizer: Any = Non
         chunk_bytes = max(0.0, (chunked - max(points[1][1])) / (large - chunk))
     return MemoryModel(parameters=stored, gradients=trainable, optimizer_state=slots * trainable + flat_copy,
                        batches=(small, large), saved=(points[0][0], points[1][0]),
-                       peaks=(tuple(points[0][1]), tuple(points[1][1])), column_bytes=columns, chunk=chunk, chunk_bytes=chunk_bytes,
-                       device=device)
+                       peaks=(tuple(points[0][1]), tuple(points[1][1])), column_bytes=columns, chunk=chunk,
+                       chunk_bytes=chunk_bytes, device=device)
 
 
 def memory_estimate(model: Layer, batch_size: int, sample_shape: Sequence[int], optimizer: Any = None) \

@@ -3,10 +3,12 @@
 Not a formula per layer: the model's architecture is rebuilt on the host (zero weights, nothing
 drawn) and training steps are run on it under ``tracemalloc``, which sees every NumPy allocation.
 With convolutions building the same number of images' columns at a time, what backward keeps and
-the step's peak grow linearly with the batch, so two small batches give them at any batch size;
-a third run, with larger chunks, gives what each image more in a chunk costs, for the chunk the
-workspace limit (:mod:`.workspace`) allows on the device the model is on. The same layer code runs
-on every device, so the host's allocations are the GPU's, up to its allocator's rounding.
+the peak of each stretch of the step (each layer's forward and backward) grow linearly with the
+batch, so two batches of a few chunks give them at any batch size, and the step's peak is the
+largest of those lines (where it lies moves as the batch grows). A third run, with larger chunks,
+gives what each image more in a chunk costs, for the chunk the workspace limit (:mod:`.workspace`)
+allows on the device the model is on. The same layer code runs on every device, so the host's
+allocations are the GPU's, up to its allocator's rounding.
 """
 from __future__ import annotations
 

@@ -83,9 +83,7 @@ class Sequential(Layer):
         return self.forward(x, train=train, input_grad=input_grad)
 
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
-        if train and self.checkpoint and not is_recomputing():
-            return checkpointed(lambda x: self._run(x, train=True, input_grad=input_grad), x, self)
-        return self._run(x, train=train, input_grad=input_grad)
+        return _maybe_checkpointed(self, x, train=train, input_grad=input_grad)
 
     def _run(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         first = 0 if input_grad else self.first_trainable()
@@ -276,6 +274,14 @@ def _flag(value: Any, owner: str) -> bool:
     return value
 
 
+def _maybe_checkpointed(block: Any, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
+    """A container's forward: its ``_run``, checkpointed in training when ``block.checkpoint`` is set
+    (and not already inside a checkpointed block's second run, which runs its inner blocks plainly)."""
+    if train and block.checkpoint and not is_recomputing():
+        return checkpointed(lambda x: block._run(x, train=True, input_grad=input_grad), x, block)
+    return block._run(x, train=train, input_grad=input_grad)
+
+
 def checkpointed(run: Callable[[Any], tuple[Any, Backprop]], x: Any, block: Layer) -> tuple[Any, Backprop]:
     """``run(x)`` (a block's training forward pass) keeping only ``x`` for backward: PyTorch's
     ``torch.utils.checkpoint``, Keras' ``remat``. The backward pass runs ``run(x)`` again, then its
@@ -380,9 +386,7 @@ class Residual(Layer):
         return self.forward(x, train=train, input_grad=input_grad)
 
     def forward(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
-        if train and self.checkpoint and not is_recomputing():
-            return checkpointed(lambda x: self._run(x, train=True, input_grad=input_grad), x, self)
-        return self._run(x, train=train, input_grad=input_grad)
+        return _maybe_checkpointed(self, x, train=train, input_grad=input_grad)
 
     def _run(self, x: Any, *, train: bool, input_grad: bool) -> tuple[Any, Backprop]:
         main, body_backprop = self.body.apply(x, train=train, input_grad=input_grad)

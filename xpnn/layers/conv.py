@@ -166,14 +166,14 @@ class Conv2D(Layer):
         windows = list(window_slices(self.kernel_size, self.stride, out_hw, self.dilation))
         chunk = batch_chunk(n, self.column_bytes(tuple(x.shape), precision.itemsize(x.dtype)), xp)
         pads = self.pads
+        ones = None if bias is None else xp.ones((1, 1, 1, 1), dtype=x.dtype, device=device_of(x))
 
         def columns(start: int, stop: int) -> Any:
             """The im2col matrix of images ``start:stop``: one gather of every kernel offset's strided
             window, plus a row of ones for the bias; ``(rows [+ 1], images * pixels)``."""
             padded = pad_hw(images[:, start:stop, :, :], pads)
             parts = [padded[:, :, hs, ws] for hs, ws in windows]
-            if bias is not None:
-                ones = xp.ones((1, 1, 1, 1), dtype=x.dtype, device=device_of(x))
+            if ones is not None:
                 parts.append(xp.broadcast_to(ones, (1, stop - start, *out_hw)))
             return xp.reshape(xp.concat(parts, axis=0), (rows + (bias is not None), (stop - start) * pixels))
 
@@ -202,8 +202,8 @@ class Conv2D(Layer):
                 dy_part = dy_mat[:, start * pixels:stop * pixels]
                 if weight_grad:
                     # computed transposed, (rows, O) = cols @ dy.T: OpenBLAS runs that orientation 10-15%
-                    # faster on the conv shapes benchmarked, and the result is small
-                    # summed over the chunks in the variable dtype
+                    # faster on the conv shapes benchmarked, and the result is small; summed over the
+                    # chunks in the variable dtype
                     part = precision.variable(precision.matmul(columns(start, stop), xp.matrix_transpose(dy_part)))
                     if dw_mat is None:
                         dw_mat = part

@@ -17,9 +17,7 @@ import tracemalloc
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from array_api_compat import array_namespace
-
-from .. import backend, init
+from .. import backend, init, precision
 from .base import Layer, layer_from_spec, layer_spec
 from .conv import Conv2D
 from .workspace import batch_chunk, workspace
@@ -107,14 +105,15 @@ def memory_model(model: Layer, sample_shape: Sequence[int], optimizer: Any = Non
     twin = _host_twin(model)
     arrays = list(model.named_state().values())
     device = backend.device_of(arrays[0]) if arrays else backend.current_device()
-    dtype_bytes = array_namespace(arrays[0]).finfo(arrays[0].dtype).bits // 8 if arrays else 4
+    dtype_bytes = precision.itemsize(arrays[0].dtype) if arrays else 4
     trainable = sum(p.size for p in model.parameters(trainable=True)) * dtype_bytes
     stored = sum(int(a.size) for a in arrays) * dtype_bytes
     slots = int(getattr(optimizer, "state_slots", 0) or 0)
     on_numpy = device.name == "cpu"
     flat_copy = 0 if on_numpy else trainable  # off NumPy the optimizer gathers the gradients into one buffer
     sample = tuple(int(d) for d in sample_shape)
-    columns = max((layer.column_bytes(shape, dtype_bytes) for layer, shape in _layer_inputs(model, (1, *sample))
+    compute_bytes = precision.itemsize(precision.compute_dtype(device.xp)) if arrays else dtype_bytes
+    columns = max((layer.column_bytes(shape, compute_bytes) for layer, shape in _layer_inputs(model, (1, *sample))
                    if isinstance(layer, Conv2D)), default=0)
     target = batch_chunk(batch_size, columns, device.xp) if columns else 1
     chunk = max(1, min(target, DRY_BATCH))

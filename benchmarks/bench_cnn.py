@@ -123,10 +123,12 @@ def xpnn_model(specs: "list | str", shape: tuple, classes: int) -> xpnn.Sequenti
     return xpnn.Sequential(made)
 
 
-def torch_model(model: xpnn.Sequential, device: str):
+def torch_model(model: xpnn.Sequential, device: str, checkpoint: bool = False):
     """The same network in PyTorch, with ``model``'s initial weights: each xpnn layer becomes its
-    torch.nn counterpart, a Residual a module adding its two branches."""
+    torch.nn counterpart, a Residual a module adding its two branches. ``checkpoint``: the blocks
+    xpnn checkpoints run under ``torch.utils.checkpoint`` (non-reentrant, PyTorch's recommendation)."""
     import torch
+    import torch.utils.checkpoint
 
     nn = torch.nn
 
@@ -138,16 +140,25 @@ def torch_model(model: xpnn.Sequential, device: str):
         def forward(self, x):
             return self.activation(self.body(x) + self.shortcut(x))
 
+    class Checkpointed(nn.Module):
+        def __init__(self, block) -> None:
+            super().__init__()
+            self.block = block
+
+        def forward(self, x):
+            if not self.training:
+                return self.block(x)
+            return torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=False)
+
     def weight(param, transpose: bool = False):
         value = xpnn.to_numpy(param.value)
         return nn.Parameter(torch.from_numpy((value.T if transpose else value).copy()))
 
     def convert(layer):
-        if isinstance(layer, L.Sequential):
-            return nn.Sequential(*map(convert, layer.layers))
-        if isinstance(layer, L.Residual):
-            return TorchResidual(convert(layer.body), layer.shortcut and convert(layer.shortcut),
-                                 layer.activation and convert(layer.activation))
+        if isinstance(layer, (L.Sequential, L.Residual)) and checkpoint and layer.checkpoint:
+            return Checkpointed(convert_container(layer))
+        if isinstance(layer, (L.Sequential, L.Residual)):
+            return convert_container(layer)
         if isinstance(layer, L.Conv2D):
             config = layer.config()
             module = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
@@ -169,6 +180,12 @@ def torch_model(model: xpnn.Sequential, device: str):
         if layer.bias is not None:
             module.bias = weight(layer.bias)
         return module
+
+    def convert_container(layer):
+        if isinstance(layer, L.Sequential):
+            return nn.Sequential(*map(convert, layer.layers))
+        return TorchResidual(convert(layer.body), layer.shortcut and convert(layer.shortcut),
+                             layer.activation and convert(layer.activation))
 
     return convert(model).to(device)
 

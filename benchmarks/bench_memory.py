@@ -14,8 +14,9 @@ largest transient: what a step adds to a model and batch that exist), against xp
 
 Workloads: the Fashion and cat/dog CNNs of ``bench_cnn.py``, ``zoo.resnet((3, 64, 64), 2)`` at
 batch 64, the ResNet-18 layout (widths 64-128-256-512, two blocks a stage) at 128 px and batch 16,
-and that ResNet-18 with checkpointed blocks (``zoo.resnet(..., checkpoint=True)``; PyTorch runs the
-plain network, so the ratio is against PyTorch without checkpointing).
+and that ResNet-18 with checkpointed blocks (``zoo.resnet(..., checkpoint=True)``; the ratio is
+against PyTorch's plain network, and a second row compares with PyTorch checkpointing the same
+blocks through ``torch.utils.checkpoint``).
 
 The children run with glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_=131072``) so that every
 large array of either library is its own mapping and the resident set follows the live arrays; with
@@ -64,11 +65,11 @@ def _steps(name: str, library: str, device: str):
     with xpnn.use_device(device):
         model = build()
     x_host, y_host = bench_cnn.make_batch(shape, batch, classes)
-    if library == "torch":
+    if library.startswith("torch"):
         import torch
 
         torch_device = "cuda" if device.startswith("gpu") else "cpu"
-        net = bench_cnn.torch_model(model, torch_device)
+        net = bench_cnn.torch_model(model, torch_device, checkpoint=library == "torch-checkpointed")
         x, y = torch.from_numpy(x_host).to(torch_device), torch.from_numpy(y_host).to(torch_device)
         criterion = torch.nn.CrossEntropyLoss() if classes > 1 else torch.nn.BCEWithLogitsLoss()
         sgd = torch.optim.SGD(net.parameters(), lr=bench_cnn.LR)
@@ -105,7 +106,7 @@ def measure(name: str, library: str, device: str, steps: int) -> dict:
     batch = WORKLOADS[name][2]
     estimate = xpnn.layers.memory_estimate(model, batch, WORKLOADS[name][1]).step if library == "xpnn" else None
     if device.startswith("gpu"):
-        if library == "torch":
+        if library.startswith("torch"):
             import torch
 
             torch.cuda.synchronize()
@@ -175,6 +176,10 @@ def main() -> None:
             if mine["estimate"] else ("-", "-")
         print(f"{title:<32} {batch:>5} {mine['peak'] / mib:>9,.0f} {torch_cell:>9} {ratio:>6} {estimate:>12} "
               f"{share:>8}", flush=True)
+        if torch and name.endswith("-checkpoint"):
+            both = child(name, "torch-checkpointed", args)["peak"]
+            print(f"{'  vs torch.utils.checkpoint':<32} {batch:>5} {mine['peak'] / mib:>9,.0f} {both / mib:>9,.0f} "
+                  f"{mine['peak'] / both:>5.2f}x", flush=True)
 
 
 def argparse_suppress() -> str:

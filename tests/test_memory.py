@@ -35,6 +35,28 @@ def test_masks_are_kept_as_one_byte_a_value(x):
     assert retained_bytes(backprop) <= x.size  # the tournament's decisions, bool
 
 
+def test_max_pool_backward_holds_one_input_sized_array_at_a_time(x):
+    """The separable max-pool backward routes a few images at a time under the workspace limit:
+    its peak above dy is the input gradient and a chunk's temporaries, not two input-sized arrays."""
+    import tracemalloc
+
+    from xpnn.layers.workspace import workspace
+
+    pool = layers.MaxPool2D(2)
+    y, backprop = pool(x, train=True)
+    dy = xpnn.to_device(np.ones(tuple(y.shape)), dtype="float32")
+    with workspace(x.nbytes // 4):
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            dx = backprop(dy)
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+    assert dx.nbytes == x.nbytes
+    assert peak <= 1.5 * x.nbytes, (peak, x.nbytes)  # two input-sized arrays at once would be 2.0
+
+
 def test_relu_keeps_only_its_output_which_the_next_layer_keeps_too(x):
     """ReLU then a convolution: the two backprops together keep one array, ReLU's output."""
     relu, conv = layers.ReLU(), layers.Conv2D(16, 4, 3)

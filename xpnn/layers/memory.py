@@ -2,7 +2,8 @@
 
 Not a formula per layer: the model's architecture is rebuilt on the host (zero weights, nothing
 drawn) and training steps are run on it under ``tracemalloc``, which sees every NumPy allocation.
-With convolutions building the same number of images' columns at a time, what backward keeps and
+With every layer that chunks its batch (a convolution's columns, a max-pool's gradient routing)
+taking the same number of images at a time, what backward keeps and
 the peak of each stretch of the step (each layer's forward and backward) grow linearly with the
 batch, so two batches of a few chunks give them at any batch size, and the step's peak is the
 largest of those lines (where it lies moves as the batch grows). A third run, with larger chunks,
@@ -20,7 +21,7 @@ from typing import Any, Iterator, Sequence
 from .. import backend, init, precision
 from .base import Layer, layer_from_spec, layer_spec
 from .conv import Conv2D
-from .workspace import batch_chunk, workspace
+from .workspace import batch_chunk, images_at_a_time
 
 __all__ = ["MemoryEstimate", "memory_estimate", "memory_model", "MemoryModel"]
 
@@ -119,12 +120,12 @@ def memory_model(model: Layer, sample_shape: Sequence[int], optimizer: Any = Non
     chunk = max(1, min(target, DRY_BATCH))
     small = max(4, 2 * chunk)  # a few chunks: the first image or chunk has costs of its own
     large = 2 * small
-    points = [_dry_step(twin, (batch, *sample), chunk * columns) for batch in (small, large)]
+    points = [_dry_step(twin, (batch, *sample), chunk) for batch in (small, large)]
     if len(points[0][1]) != len(points[1][1]):  # a model whose layers run differently by batch size
         points = [(saved, [max(peaks)]) for saved, peaks in points]
     chunk_bytes = 0.0
     if target > chunk:
-        chunked = max(_dry_step(twin, (large, *sample), large * columns)[1])
+        chunked = max(_dry_step(twin, (large, *sample), large)[1])
         chunk_bytes = max(0.0, (chunked - max(points[1][1])) / (large - chunk))
     return MemoryModel(parameters=stored, gradients=trainable, optimizer_state=slots * trainable + flat_copy,
                        batches=(small, large), saved=(points[0][0], points[1][0]),
@@ -152,17 +153,17 @@ def _host_twin(model: Layer) -> Layer:
     return twin
 
 
-def _dry_step(twin: Layer, shape: tuple[int, ...], columns: int) -> tuple[int, list[int]]:
+def _dry_step(twin: Layer, shape: tuple[int, ...], chunk: int) -> tuple[int, list[int]]:
     """Bytes alive after the forward pass and the peak of each stretch of the step (up to each
-    layer's forward and backward), above the start, at ``shape``; convolutions build at most
-    ``columns`` bytes of columns at a time (at least one image's). Stretches, not one peak: the
+    layer's forward and backward), above the start, at ``shape``; every layer that chunks its batch
+    (convolutions' columns, max-pool's routing) takes ``chunk`` images at a time. Stretches, not one peak: the
     step's peak is the largest of lines in the batch size, and where it lies moves as the batch grows."""
     xp = backend.resolve("cpu").xp
     dtype = twin.parameters()[0].value.dtype if twin.parameters() else xp.float32
     x = xp.zeros(shape, dtype=dtype) + 0.5
     leaves = [layer for _, layer in twin.walk() if not layer.children()]
     # dropout draws from the host generator: the user's stream (a resumed run's) must not move
-    with backend.preserved_rng(), _traced() as traced, workspace(max(1, columns), cache_blocks=False):
+    with backend.preserved_rng(), _traced() as traced, images_at_a_time(chunk):
         base = traced()[0]
         peaks: list[int] = []
 

@@ -22,8 +22,10 @@ import array_api_extra as xpx
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
+from .. import precision
 from .base import Backprop, Layer
 from .conv import Pair, add_into, as_config, as_pair, pad_hw, spatial_output_shape, window_slices
+from .workspace import batch_chunk
 
 __all__ = ["MaxPool2D", "AvgPool2D", "GlobalAvgPool2D"]
 
@@ -101,6 +103,14 @@ def _route(grad: Any, tree: Any) -> list[Any]:
     return _route(grad - to_right, left_tree) + _route(to_right, right_tree)
 
 
+def _tree_slice(tree: Any, images: slice) -> Any:
+    """The decisions of a :func:`_tournament` over (C, N, ...) views, for the images ``images``."""
+    if tree is None:
+        return None
+    right_wins, left_tree, right_tree = tree
+    return right_wins[:, images, ...], _tree_slice(left_tree, images), _tree_slice(right_tree, images)
+
+
 def _max(views: list[Any]) -> Any:
     xp = array_namespace(views[0])
     best = views[0]
@@ -159,19 +169,37 @@ class MaxPool2D(_Pool2D):
             y = _max(down_columns(row_max))
             row_tree = column_tree = None  # eval keeps the views; backprop decides if it is called
 
-        def backprop(dy: Any) -> Any:
-            trees = (row_tree, column_tree) if train else \
-                (_tournament(along_rows)[1], _tournament(down_columns(row_max))[1])
-            # each intermediate is dropped as soon as the next is made: at most two input-sized arrays at once
-            per_row = _route(xp.permute_dims(dy, (1, 0, 2, 3)), trees[1])
-            row_grad = xp.reshape(xp.stack(per_row, axis=3), (channels, batch, rows, out_w))
+        def routed(dy: Any, trees: tuple[Any, Any], images: int) -> Any:
+            """The (C, images, rows, cols) gradient of ``dy``'s images: down the column decisions, then
+            along the rows; each intermediate dropped as soon as the next is made."""
+            per_row = _route(dy, trees[1])
+            row_grad = xp.reshape(xp.stack(per_row, axis=3), (channels, images, rows, out_w))
             del per_row
             per_column = _route(row_grad, trees[0])
             del row_grad
-            dx = xp.reshape(xp.stack(per_column, axis=-1), (channels, batch, rows, cols))
-            del per_column
-            if (rows, cols) != (height, width):
-                dx = xpx.pad(dx, ((0, 0), (0, 0), (0, height - rows), (0, width - cols)))
+            return xp.reshape(xp.stack(per_column, axis=-1), (channels, images, rows, cols))
+
+        def backprop(dy: Any) -> Any:
+            trees = (row_tree, column_tree) if train else \
+                (_tournament(along_rows)[1], _tournament(down_columns(row_max))[1])
+            dy = xp.permute_dims(dy, (1, 0, 2, 3))
+            # a chunk's scratch: the two halves routed along the rows and their interleaving, twice its dx
+            chunk = batch_chunk(batch, 2 * channels * height * width * precision.itemsize(dy.dtype), xp)
+            if chunk >= batch:
+                dx = routed(dy, trees, batch)
+                if (rows, cols) != (height, width):
+                    dx = xpx.pad(dx, ((0, 0), (0, 0), (0, height - rows), (0, width - cols)))
+                return xp.permute_dims(dx, (1, 0, 2, 3))
+            # a few images at a time under the workspace limit: the routing's temporaries are a
+            # chunk's, and only dx is input-sized
+            covered = (rows, cols) == (height, width)
+            dx = (xp.empty if covered else xp.zeros)((channels, batch, height, width), dtype=dy.dtype,
+                                                     device=device_of(dy))
+            for start in range(0, batch, chunk):
+                images = slice(start, min(start + chunk, batch))
+                part = routed(dy[:, images, ...], tuple(_tree_slice(tree, images) for tree in trees),
+                              images.stop - start)
+                dx[:, images, :rows, :cols] = part
             return xp.permute_dims(dx, (1, 0, 2, 3))
 
         return xp.permute_dims(y, (1, 0, 2, 3)), backprop

@@ -15,7 +15,7 @@ from ..layers.base import Parameter
 from .arguments import NON_NEGATIVE, POSITIVE, UNIT, from_spec, integer, number
 from .schedules import Schedule, get_schedule
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LossScaleOptimizer", "get_optimizer"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LossScaleOptimizer", "get_optimizer", "OPTIMIZERS"]
 
 
 @dataclass
@@ -776,7 +776,8 @@ def _momentum_sgd(lr: Any = 0.01, momentum: float = 0.9, nesterov: bool = False,
     return SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, **clipping)
 
 
-_OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
+#: the optimizers by name: what :func:`get_optimizer` builds and ``xpnn train --optimizer`` offers
+OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
     "sgd": SGD, "momentum": _momentum_sgd, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop,
 }
 #: wrappers, rebuilt from a record (a model file records the class name) but not offered as a choice
@@ -785,11 +786,11 @@ _WRAPPERS: dict[str, Callable[..., Optimizer]] = {"loss_scale": LossScaleOptimiz
 
 
 def get_optimizer(spec: "Optimizer | str | Mapping[str, Any]", **kwargs: Any) -> Optimizer:
-    """An optimizer from an instance (returned as is), a name (``"sgd"``, ``"momentum"``, ``"adam"``,
-    ``"adamw"``, ``"rmsprop"``, any case) with constructor arguments, or a record
+    """An optimizer from an instance (returned as is), a name (a key of :data:`OPTIMIZERS`: ``"sgd"``,
+    ``"momentum"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``, any case) with constructor arguments, or a record
     ``{"name": opt.name, **opt.config()}``.
     """
     name = spec.get("name") if isinstance(spec, Mapping) else spec
     if isinstance(name, str) and name.strip().lower() in _WRAPPERS:
         return from_spec("optimizer", Optimizer, _WRAPPERS, spec, kwargs)
-    return from_spec("optimizer", Optimizer, _OPTIMIZERS, spec, kwargs)
+    return from_spec("optimizer", Optimizer, OPTIMIZERS, spec, kwargs)

@@ -103,8 +103,7 @@ class DataParallel:
         def idle_step() -> None:
             self.reduce_gradients(params, 0)
             optimizer.step(params)
-            for p in params:
-                p.grad = None
+            optimizer.zero_grad(params)
 
         self._idle_step = idle_step
         self._sync_seconds = float(sync_seconds)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 from array_api_compat import array_namespace
 
@@ -18,7 +18,7 @@ from ..errors import DataError, ShapeError
 Backprop = Callable[[Any], Any]
 
 __all__ = ["Layer", "Parameter", "Backprop", "LoadReport", "layer_class", "layer_spec", "layer_from_spec",
-           "recomputing", "is_recomputing", "backprop_ran_twice"]
+           "recomputing", "is_recomputing", "backprop_ran_twice", "zero_grads"]
 
 _recomputing = [False]
 
@@ -111,10 +111,19 @@ class Parameter:
             self.grad = grad if self.grad is None else self.grad + grad
 
     def zero_grad(self) -> None:
+        """Drop the gradient (``grad`` becomes None, PyTorch's ``set_to_none``): the next backward
+        pass starts from nothing and no array is kept alive or filled with zeros."""
         self.grad = None
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, shape={self.shape})"
+
+
+def zero_grads(params: Iterable[Parameter]) -> None:
+    """:meth:`Parameter.zero_grad` for each of ``params``: what layers, optimizers and the training
+    step call to clear gradients."""
+    for param in params:
+        param.zero_grad()
 
 
 _REGISTRY: dict[str, type["Layer"]] = {}
@@ -303,6 +312,10 @@ class Layer:
         """The parameters training updates: ``parameters(trainable=True)``."""
         return self.parameters(trainable=True)
 
+    def zero_grad(self) -> None:
+        """Drop the gradient of every parameter of this layer and the layers inside it."""
+        zero_grads(self.parameters())
+
     def named_state(self) -> dict[str, Any]:
         """Every array (parameters and buffers) of this layer and the layers inside it, on its
         device, keyed by dotted path (``"3.body.0.weight"``)."""
@@ -364,7 +377,7 @@ class Layer:
         if name in self.param_names:
             param = getattr(self, name)
             param.value = value
-            param.grad = None
+            param.zero_grad()
         else:
             setattr(self, name, value)
 

@@ -188,10 +188,6 @@ class Sequential(Layer):
         params = self.parameters()
         return backend.dtype_name(params[0].value.dtype) if params else "float32"
 
-    def zero_grad(self) -> None:
-        for p in self.parameters():
-            p.grad = None
-
     def count_params(self, trainable: bool | None = None) -> int:
         """The number of parameter values (``trainable=True``/``False``: only unfrozen/frozen ones)."""
         return sum(p.size for p in self.parameters(trainable))

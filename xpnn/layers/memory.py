@@ -195,8 +195,7 @@ def _dry_step(twin: Layer, shape: tuple[int, ...], columns: int) -> tuple[int, l
         finally:
             for layer in leaves:
                 del layer.forward
-    for p in twin.parameters():
-        p.grad = None
+    twin.zero_grad()
     return saved, peaks
 
 

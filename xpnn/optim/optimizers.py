@@ -11,7 +11,7 @@ from array_api_compat import array_namespace, is_numpy_namespace
 from array_api_compat import device as device_of
 
 from .. import backend
-from ..layers.base import Parameter
+from ..layers.base import Parameter, zero_grads
 from .arguments import NON_NEGATIVE, POSITIVE, UNIT, from_spec, integer, number
 from .schedules import Schedule, get_schedule
 
@@ -302,8 +302,7 @@ class Optimizer:
 
     def zero_grad(self, params: Iterable[Parameter]) -> None:
         """Drop every gradient, so the next backward pass starts from nothing."""
-        for param in params:
-            param.grad = None
+        zero_grads(params)
 
     def _update(self, w: Any, grad: Any, state: dict[str, Any], step: int, lr: float) -> None:
         """Update ``w`` (a flat buffer, or any array) in place from ``grad`` and the matching ``state`` arrays."""

@@ -204,8 +204,7 @@ def _train_step(model: Any, loss: Loss, optimizer: Any, params: list[Any], strat
     if strategy is not None:
         strategy.reduce_gradients(params, int(out.shape[0]))
     optimizer.step(params)
-    for p in params:
-        p.grad = None
+    optimizer.zero_grad(params)
     meter.add(value, out, yb)
 
 

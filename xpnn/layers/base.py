@@ -18,7 +18,7 @@ from ..errors import DataError, ShapeError
 Backprop = Callable[[Any], Any]
 
 __all__ = ["Layer", "Parameter", "Backprop", "LoadReport", "layer_class", "layer_spec", "layer_from_spec",
-           "recomputing", "is_recomputing", "backprop_ran_twice", "zero_grads"]
+           "recomputing", "is_recomputing", "backprop_ran_twice", "zero_grads", "join_path"]
 
 _recomputing = [False]
 
@@ -117,6 +117,12 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, shape={self.shape})"
+
+
+def join_path(path: str, name: "str | int") -> str:
+    """``name`` under the dotted ``path`` (``"3.body"``, ``0`` -> ``"3.body.0"``), ``name`` alone at the
+    root (``path`` ""): how every parameter, buffer and layer inside a model is named."""
+    return f"{path}.{name}" if path else str(name)
 
 
 def zero_grads(params: Iterable[Parameter]) -> None:
@@ -265,7 +271,7 @@ class Layer:
         """``(path, layer)`` for this layer and every layer inside it, parents before children."""
         yield prefix, self
         for name, child in self.children():
-            yield from child.walk(f"{prefix}.{name}" if prefix else name)
+            yield from child.walk(join_path(prefix, name))
 
     def _name_tree(self) -> None:
         """Give every layer inside its path and every parameter its dotted name, relative to this
@@ -281,7 +287,7 @@ class Layer:
             seen[id(layer)] = path
             layer.path = path
             for name in layer.param_names:
-                getattr(layer, name).name = f"{path}.{name}" if path else name
+                getattr(layer, name).name = join_path(path, name)
 
     @property
     def trainable(self) -> bool:
@@ -319,7 +325,7 @@ class Layer:
     def named_state(self) -> dict[str, Any]:
         """Every array (parameters and buffers) of this layer and the layers inside it, on its
         device, keyed by dotted path (``"3.body.0.weight"``)."""
-        return {f"{path}.{name}" if path else name: value
+        return {join_path(path, name): value
                 for path, layer in self.walk() for name, value in layer.state().items()}
 
     def state_dict(self) -> dict[str, Any]:
@@ -354,7 +360,7 @@ class Layer:
             raise error(f"state does not match the model: {report.describe()}")
         if mine and not report.loaded:
             raise ValueError(f"nothing in the state matches the model: {report.describe()}")
-        owners = {f"{path}.{name}" if path else name: (layer, name)
+        owners = {join_path(path, name): (layer, name)
                   for path, layer in self.walk() for name in layer.state()}
         moved = {key: backend.to_device(arrays[key], backend.device_of(mine[key]), dtype=mine[key].dtype, copy=True)
                  for key in report.loaded}

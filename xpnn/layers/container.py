@@ -17,7 +17,8 @@ from array_api_compat import array_namespace
 from .. import backend
 from ..errors import ShapeError
 from . import activations as _activations
-from .base import Backprop, Layer, backprop_ran_twice, is_recomputing, layer_from_spec, layer_spec, recomputing
+from .base import (Backprop, Layer, backprop_ran_twice, is_recomputing, join_path, layer_from_spec, layer_spec,
+                   recomputing)
 from .dense import Linear
 from .memory import memory_estimate
 from .pool import MaxPool2D
@@ -221,7 +222,7 @@ class Sequential(Layer):
             rows.append((path, "  " * depth + layer._title() + frozen, _shape_text(layer.output_shape(shape)),
                          f"{sum(p.size for p in params):,}"))
             for name, child, child_shape in layer.child_inputs(shape):
-                visit(child, f"{path}.{name}", child_shape, depth + 1)
+                visit(child, join_path(path, name), child_shape, depth + 1)
 
         for name, child, child_shape in self.child_inputs((1, *sample)):
             visit(child, name, child_shape, 0)

@@ -23,6 +23,7 @@ from array_api_compat import device as device_of
 from .. import precision
 from ..errors import ShapeError
 from ..init import initialize
+from ..validation import check_integer
 from .base import Backprop, Layer, Parameter
 from .workspace import batch_chunk
 
@@ -116,9 +117,8 @@ class Conv2D(Layer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: "int | Pair", stride: "int | Pair" = 1,
                  padding: "int | Pair | str" = 0, dilation: "int | Pair" = 1, bias: bool = True, init: Any = "he",
                  dtype: str = "float32") -> None:
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Conv2D: {name} must be a positive integer, got {value!r}")
+        in_channels = check_integer("Conv2D", "in_channels", in_channels)
+        out_channels = check_integer("Conv2D", "out_channels", out_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = as_pair(kernel_size, "kernel_size", "Conv2D")
         self.stride = as_pair(stride, "stride", "Conv2D")

@@ -16,6 +16,7 @@ from array_api_compat import array_namespace
 from .. import precision
 from ..errors import ShapeError
 from ..init import initialize
+from ..validation import check_integer
 from .base import Backprop, Layer, Parameter, backprop_ran_twice, is_recomputing
 
 __all__ = ["BatchNorm1D", "BatchNorm2D"]
@@ -38,8 +39,7 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, dtype: str = "float32") -> None:
         name = type(self).__name__
-        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
-            raise ValueError(f"{name}: num_features must be a positive integer, got {num_features!r}")
+        num_features = check_integer(name, "num_features", num_features)
         if not 0 <= momentum <= 1:
             raise ValueError(f"{name}: momentum must be in [0, 1], got {momentum!r}")
         if not eps > 0:

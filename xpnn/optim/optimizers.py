@@ -12,7 +12,8 @@ from array_api_compat import device as device_of
 
 from .. import backend
 from ..layers.base import Parameter, zero_grads
-from .arguments import NON_NEGATIVE, POSITIVE, UNIT, from_spec, integer, number
+from ..validation import check_integer
+from .arguments import NON_NEGATIVE, POSITIVE, UNIT, from_spec, number
 from .schedules import Schedule, get_schedule
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LossScaleOptimizer", "get_optimizer", "OPTIMIZERS"]
@@ -173,9 +174,9 @@ class Optimizer:
         batches; kept for later calls), a schedule moves at every update; never given, it keeps one
         value per epoch, for loops that call only ``set_epoch``."""
         owner = type(self).__name__
-        epoch = integer(owner, "epoch", epoch, 0)
+        epoch = check_integer(owner, "epoch", epoch, 0)
         if steps_per_epoch is not None:
-            self._steps_per_epoch = integer(owner, "steps_per_epoch", steps_per_epoch, 1)
+            self._steps_per_epoch = check_integer(owner, "steps_per_epoch", steps_per_epoch, 1)
         self._epoch = epoch
         self._position = epoch * (self._steps_per_epoch or 1)
         self._refresh_lr()
@@ -642,7 +643,7 @@ class LossScaleOptimizer(Optimizer):
         self.growth_factor = number(owner, "growth_factor", growth_factor, ("a number >= 1", lambda v: v >= 1.0))
         self.backoff_factor = number(owner, "backoff_factor", backoff_factor, ("a number in (0, 1)",
                                                                                lambda v: 0.0 < v < 1.0))
-        self.growth_interval = integer(owner, "growth_interval", growth_interval, 1)
+        self.growth_interval = check_integer(owner, "growth_interval", growth_interval, 1)
         self.inner = inner
         #: the scale and the count of good steps in a row: host numbers until the first step, then device arrays
         self._scale: Any = self.initial_scale
@@ -758,7 +759,7 @@ class LossScaleOptimizer(Optimizer):
         if not isinstance(saved, Mapping):
             raise ValueError(f"{owner}: the state has no loss_scale record")
         scale = number(owner, "loss_scale.scale", saved.get("scale"), POSITIVE)
-        good_steps = integer(owner, "loss_scale.good_steps", saved.get("good_steps"), 0)
+        good_steps = check_integer(owner, "loss_scale.good_steps", saved.get("good_steps"), 0)
         self.inner.load_state_dict({**state, "name": self.inner.name}, params)
         self._scale, self._good_steps = scale, good_steps
 

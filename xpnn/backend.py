@@ -1,8 +1,8 @@
 """The one place that knows which array library and device xpnn runs on.
 
 A :class:`Device` pairs an array-API namespace (NumPy, CuPy, array-api-strict, PyTorch, ...)
-with that library's native device object. Layer math never looks here: it takes its namespace
-from its inputs. This module is used for what must be decided from the outside: where new
+with that library's native device object. Layer math never asks here which device is active: it
+takes its namespace and its native device from its inputs (:func:`native_device`, named here once). This module is used for what must be decided from the outside: where new
 parameters and batches go (``set_device``), moving host arrays there and back (``to_device``,
 ``to_numpy``), and randomness.
 """
@@ -19,15 +19,20 @@ from typing import Any, Iterator
 
 import numpy as np
 from array_api_compat import array_namespace
-from array_api_compat import device as native_device_of
+from array_api_compat import device as _compat_device
 from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_namespace
 
 __all__ = [
     "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device", "device_context",
-    "devices", "device_of", "to_device", "to_numpy", "seed", "host_rng", "rng_state", "set_rng_state",
+    "devices", "device_of", "native_device", "to_device", "to_numpy", "seed", "host_rng", "rng_state", "set_rng_state",
     "random_uniform", "random_snapshot", "replayed_random", "memory_info", "ARRAY_LIBRARIES",
     "register_array_library",
 ]
+
+#: ``native_device(x)``: the device object of ``x``'s own library, what its ``device=`` takes (``"cpu"``
+#: for NumPy, a ``cupy.cuda.Device``), for making arrays beside ``x``; array-api-compat's ``device``.
+#: Not an xpnn :class:`Device`: that is :func:`device_of`.
+native_device = _compat_device
 
 GPU_INSTALL_HINT = ('pip install "xpnn[gpu]" (CuPy for CUDA 12 with the CUDA libraries it needs, cupy-cuda12x[ctk]; '
                     'with a CUDA 13 driver install "cupy-cuda13x[ctk]" instead)')
@@ -50,7 +55,7 @@ class Device:
         """Wrap any array-API namespace and one of its devices (the default one if ``None``)."""
         xp = array_namespace(xp.asarray(0))
         if native is None:
-            native = native_device_of(xp.asarray(0))
+            native = native_device(xp.asarray(0))
         return cls(_canonical_name(xp, native), xp, native)
 
     def __eq__(self, other: object) -> bool:
@@ -425,7 +430,7 @@ def gpu_identity(device: Device) -> str:
 def device_of(array: Any) -> Device:
     """The :class:`Device` an array lives on."""
     xp = array_namespace(array)
-    native = native_device_of(array)
+    native = native_device(array)
     if is_numpy_namespace(xp):
         return _numpy_device()
     return Device(_canonical_name(xp, native), xp, native)

@@ -12,9 +12,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from array_api_compat import array_namespace
-from array_api_compat import device as native_device
 
 from .. import backend
+from ..backend import native_device
 from ..errors import DistributedError
 from .transports import MpiComm, NcclComm
 

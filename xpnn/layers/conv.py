@@ -18,9 +18,9 @@ from typing import Any, Iterator
 
 import array_api_extra as xpx
 from array_api_compat import array_namespace
-from array_api_compat import device as device_of
 
 from .. import precision
+from ..backend import native_device
 from ..errors import ShapeError
 from ..init import initialize
 from ..validation import check_integer
@@ -71,8 +71,8 @@ def pad_hw(x: Any, pads: tuple[Pair, Pair], value: float = 0.0) -> Any:
     n, c, h, w = (int(d) for d in x.shape)
     (top, bottom), (left, right) = pads
     shape = (n, c, h + top + bottom, w + left + right)
-    out = xp.zeros(shape, dtype=x.dtype, device=device_of(x)) if value == 0 else \
-        xp.full(shape, value, dtype=x.dtype, device=device_of(x))
+    out = xp.zeros(shape, dtype=x.dtype, device=native_device(x)) if value == 0 else \
+        xp.full(shape, value, dtype=x.dtype, device=native_device(x))
     return xpx.at(out, (slice(None), slice(None), slice(top, top + h), slice(left, left + w))).set(x)
 
 
@@ -166,7 +166,7 @@ class Conv2D(Layer):
         windows = list(window_slices(self.kernel_size, self.stride, out_hw, self.dilation))
         chunk = batch_chunk(n, self.column_bytes(tuple(x.shape), precision.itemsize(x.dtype)), xp)
         pads = self.pads
-        ones = None if bias is None else xp.ones((1, 1, 1, 1), dtype=x.dtype, device=device_of(x))
+        ones = None if bias is None else xp.ones((1, 1, 1, 1), dtype=x.dtype, device=native_device(x))
 
         def columns(start: int, stop: int) -> Any:
             """The im2col matrix of images ``start:stop``: one gather of every kernel offset's strided
@@ -180,7 +180,7 @@ class Conv2D(Layer):
         if chunk >= n:
             y = precision.matmul(w_mat, columns(0, n))
         else:
-            y = xp.empty((out_c, n * pixels), dtype=x.dtype, device=device_of(x))
+            y = xp.empty((out_c, n * pixels), dtype=x.dtype, device=native_device(x))
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
                 y[:, start * pixels:stop * pixels] = precision.matmul(w_mat, columns(start, stop))
@@ -195,7 +195,7 @@ class Conv2D(Layer):
                 return None
             if input_grad:
                 w_t = xp.matrix_transpose(w_mat[:, :rows])
-                dx = xp.zeros((c, n, h + sum(pads[0]), w + sum(pads[1])), dtype=x.dtype, device=device_of(dy))
+                dx = xp.zeros((c, n, h + sum(pads[0]), w + sum(pads[1])), dtype=x.dtype, device=native_device(dy))
             dw_mat = None
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)

@@ -20,8 +20,8 @@ from typing import Any
 
 import array_api_extra as xpx
 from array_api_compat import array_namespace
-from array_api_compat import device as device_of
 
+from ..backend import native_device
 from .base import Backprop, Layer
 from .conv import Pair, add_into, as_config, as_pair, pad_hw, spatial_output_shape, window_slices
 
@@ -54,7 +54,7 @@ class _Pool2D(Layer):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         overlapping = sh < kh or sw < kw
         covered = (sh, sw) == (kh, kw) and (out_hw[0] * kh, out_hw[1] * kw) == padded_shape[2:]
-        dx = (xp.empty if covered else xp.zeros)(padded_shape, dtype=like.dtype, device=device_of(like))
+        dx = (xp.empty if covered else xp.zeros)(padded_shape, dtype=like.dtype, device=native_device(like))
         for part, (hs, ws) in zip(parts, windows):
             key = (slice(None), slice(None), hs, ws)
             if overlapping:

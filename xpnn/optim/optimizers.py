@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from array_api_compat import array_namespace, is_numpy_namespace
-from array_api_compat import device as device_of
 
 from .. import backend
+from ..backend import native_device
 from ..layers.base import Parameter, zero_grads
 from ..validation import check_integer
 from .arguments import NON_NEGATIVE, POSITIVE, UNIT, from_spec, number
@@ -295,7 +295,7 @@ class Optimizer:
                     for g in grads]
         flat = grads[0]
         if group.sizes is None:
-            group.sizes = xp.asarray([param.size for param in group.params], dtype=xp.int64, device=device_of(flat))
+            group.sizes = xp.asarray([param.size for param in group.params], dtype=xp.int64, device=native_device(flat))
         parts = [flat[lo:hi] for lo, hi in _bounds(group.params)]
         norms = xp.sqrt(xp.stack([xp.vecdot(part, part) for part in parts]))
         scale = c / xp.maximum(norms, c)
@@ -699,8 +699,8 @@ class LossScaleOptimizer(Optimizer):
         """The scale (float32) and the good-step count (int32) as arrays on ``like``'s device."""
         xp = array_namespace(like)
         if not backend.is_array(self._scale):
-            self._scale = xp.asarray(self._scale, dtype=xp.float32, device=device_of(like))
-            self._good_steps = xp.asarray(self._good_steps, dtype=xp.int32, device=device_of(like))
+            self._scale = xp.asarray(self._scale, dtype=xp.float32, device=native_device(like))
+            self._good_steps = xp.asarray(self._good_steps, dtype=xp.int32, device=native_device(like))
         return self._scale, self._good_steps
 
     def scale_loss(self, grad: Any) -> Any:

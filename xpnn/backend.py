@@ -23,7 +23,8 @@ from array_api_compat import device as _compat_device
 from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_namespace
 
 __all__ = [
-    "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device", "device_context",
+    "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device", "native_device_context",
+    "device_context",
     "devices", "device_of", "native_device", "to_device", "to_numpy", "seed", "host_rng", "rng_state", "set_rng_state",
     "random_uniform", "random_snapshot", "replayed_random", "memory_info", "ARRAY_LIBRARIES",
     "register_array_library",
@@ -322,14 +323,16 @@ def get_device() -> str:
 
 @contextlib.contextmanager
 def use_device(spec: "str | Device") -> Iterator[Device]:
-    """Run a block on ``spec`` and restore the previous device afterwards (per thread)."""
+    """Make ``spec`` xpnn's active device for a block (per thread): what :func:`get_device` and
+    :func:`current_device` return, where new parameters and batches go. Its library's current device
+    follows (:func:`native_device_context`); both are restored afterwards."""
     device = _parse(spec)
     stack = getattr(_state, "stack", None)
     if stack is None:
         stack = _state.stack = []
     stack.append(device)
     try:
-        with device_context(device):
+        with native_device_context(device):
             yield device
     finally:
         stack.pop()
@@ -343,8 +346,9 @@ def _needs_context(device: Device) -> bool:
     return hasattr(native, "__enter__") and not isinstance(native, str) and not is_torch_namespace(device.xp)
 
 
-def device_context(device: "Device | None") -> Any:
-    """A context manager that makes ``device`` its library's *current* device for the block.
+def native_device_context(device: "Device | None") -> Any:
+    """A context manager that makes ``device`` its array library's *current* device for the block
+    (``device.native`` entered), and only that: xpnn's active device (:func:`use_device`) stays.
 
     CuPy allocates on the current CUDA device whatever ``device=`` says (array-api-compat passes
     ``device=`` on only in ``asarray``), and refuses to run kernels on arrays of another GPU. So
@@ -357,6 +361,10 @@ def device_context(device: "Device | None") -> Any:
     if device is None or not _needs_context(device):
         return _NO_CONTEXT
     return device.native
+
+
+#: another name for :func:`native_device_context`, public (``xpnn.backend.device_context``), so scripts keep it
+device_context = native_device_context
 
 
 def memory_info(device: "Device | str | None" = None) -> tuple[int, int] | None:
@@ -471,7 +479,7 @@ def to_device(host: Any, device: "str | Device | None" = None, dtype: "str | Any
         host = to_numpy(host) if is_array(host) else np.asarray(host)
     xp = target.xp
     on_gpu = is_cupy_namespace(xp)
-    with device_context(target):
+    with native_device_context(target):
         if is_numpy_namespace(xp) or on_gpu:
             moved = xp.asarray(host, copy=True) if copy else xp.asarray(host)
         else:

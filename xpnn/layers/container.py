@@ -69,13 +69,13 @@ class Sequential(Layer):
         """Run every layer. With ``input_grad=False`` the backward pass stops at the first layer
         with trainable parameters and returns None (what training needs: no dL/dx for the data)."""
         device = self._check_input(x)
-        with backend.device_context(device):
+        with backend.native_device_context(device):
             y, backprop = self.forward(x, train=train, input_grad=input_grad)
         if self.input_shape is None:  # the shape that just ran, for export and summary
             self.input_shape = tuple(int(d) for d in x.shape[1:])
 
         def backprop_on_device(dy: Any) -> Any:
-            with backend.device_context(device):
+            with backend.native_device_context(device):
                 return backprop(dy)
 
         return y, backprop_on_device

@@ -239,7 +239,7 @@ class Optimizer:
                 for param, grad in zip(group.params, group_grads):
                     self._update(param.value, grad, self.state.get(param.name, {}), group.step, lr)
             else:
-                with backend.device_context(group.device):
+                with backend.native_device_context(group.device):
                     self._update(group.flat, group_grads[0], group.state, group.step, lr)
             if self._counts_steps:
                 for param in group.params:
@@ -252,7 +252,7 @@ class Optimizer:
         """The group's gradients: one flat array (:func:`_flat_gradient`), or on NumPy each parameter's own."""
         if is_numpy_namespace(group.xp):
             return [param.grad for param in group.params]
-        with backend.device_context(group.device):
+        with backend.native_device_context(group.device):
             return [_flat_gradient(group.xp, group.params)]
 
     def _clipped(self, groups: list[_FlatGroup], grads: list[list[Any]]) -> list[list[Any]]:
@@ -266,7 +266,7 @@ class Optimizer:
         clipped = []
         for group, group_grads in zip(groups, grads):
             xp, c = group.xp, self.clipvalue
-            with backend.device_context(group.device):
+            with backend.native_device_context(group.device):
                 if c is not None:
                     group_grads = [xp.minimum(xp.maximum(g, -c), c) for g in group_grads]
                 elif self.clipnorm is not None:
@@ -281,7 +281,7 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}: global_clipnorm needs every parameter on one device, got "
                              f"{sorted({group.device.name for group in groups})}")
         xp = groups[0].xp
-        with backend.device_context(groups[0].device):
+        with backend.native_device_context(groups[0].device):
             squares = [xp.vecdot(flat, flat) for gs in grads for flat in (xp.reshape(g, (-1,)) for g in gs)]
             total = squares[0] if len(squares) == 1 else xp.sum(xp.stack([xp.astype(v, xp.float32) for v in squares]))
             coef = xp.minimum(self.global_clipnorm / (xp.sqrt(total) + 1e-6), 1.0)
@@ -347,7 +347,7 @@ class Optimizer:
         for (_, _, step), members in by_key.items():
             where = backend.device_of(members[0].value)
             xp = where.xp
-            with backend.device_context(where):
+            with backend.native_device_context(where):
                 flat = _concat_flat(xp, [param.value for param in members])
                 bounds = _bounds(members)
                 for param, (lo, hi) in zip(members, bounds):
@@ -448,7 +448,7 @@ class Optimizer:
                 host = entries[key]
                 moved = backend.to_device(host, where, dtype=value.dtype)
                 # to_device may return a view of the host array on the CPU; the state must own its memory.
-                with backend.device_context(where):
+                with backend.native_device_context(where):
                     restored[pname][key] = xp.asarray(moved, copy=True)
         lr_factor = number(owner, "lr_factor", state.get("lr_factor", 1.0), NON_NEGATIVE)
         self.state = restored
@@ -719,7 +719,7 @@ class LossScaleOptimizer(Optimizer):
             raise ValueError(f"LossScaleOptimizer needs every parameter on one device, got "
                              f"{sorted({group.device.name for group in groups})}")
         xp = groups[0].xp
-        with backend.device_context(groups[0].device):
+        with backend.native_device_context(groups[0].device):
             scale, good_steps = self._on_device(groups[0].flat)
             inverse = 1.0 / scale
             grads = [[g * xp.astype(inverse, g.dtype) for g in inner._gradients(group)] for group in groups]

@@ -23,7 +23,7 @@ from array_api_compat import array_namespace
 
 from ..backend import native_device
 from .base import Backprop, Layer
-from .conv import Pair, add_into, as_config, as_pair, pad_hw, spatial_output_shape, window_slices
+from .windows import Pair, add_into, as_config, as_pair, pad_hw, spatial_output_shape, window_slices
 
 __all__ = ["MaxPool2D", "AvgPool2D", "GlobalAvgPool2D"]
 

@@ -7,10 +7,11 @@ and the next convolution's channel-major view of it is free. The extra row of on
 folds the bias into the matmul (its gradient comes out as the last column of ``dW``). The input
 gradient is ``W.T @ dy`` added back offset by offset (col2im), a few images at a time.
 
-Measured on NumPy (Fashion CNN's 32->64 conv, batch 128): channel-major beats NHWC inside (im2col
-2.6 vs 3.5 ms, col2im 5.4 vs 9.5 ms), one big matmul beats 9 accumulated per-offset matmuls, and
-col2im beats computing dx as a convolution of the padded dy; the matmuls run at 70-80% of the
-machine's large-GEMM rate, and im2col + col2im (single-threaded copies) are the rest.
+Why this shape (on NumPy; ``benchmarks/bench_cnn.py`` times it): channel-major im2col and col2im
+copy faster than NHWC ones; one large matmul over all kernel offsets keeps BLAS near its large-matrix
+rate, which a matmul per offset, accumulated, does not; and col2im costs less than computing dx as a
+convolution of the padded dy. The matmuls are most of the time, im2col and col2im (single-threaded
+copies) the rest.
 """
 from __future__ import annotations
 
@@ -127,9 +128,9 @@ class Conv2D(Layer):
                 stop = min(start + chunk, n)
                 dy_part = dy_mat[:, start * pixels:stop * pixels]
                 if weight_grad:
-                    # computed transposed, (rows, O) = cols @ dy.T: OpenBLAS runs that orientation 10-15%
-                    # faster on the conv shapes benchmarked, and the result is small; summed over the
-                    # chunks in the variable dtype
+                    # computed transposed, (rows, O) = cols @ dy.T: OpenBLAS runs that orientation faster
+                    # on convolution shapes, and the result is small; summed over the chunks in the
+                    # variable dtype
                     part = precision.variable(precision.matmul(columns(start, stop), xp.matrix_transpose(dy_part)))
                     if dw_mat is None:
                         dw_mat = part

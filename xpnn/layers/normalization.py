@@ -25,9 +25,9 @@ __all__ = ["BatchNorm1D", "BatchNorm2D"]
 def _row_dots(a: Any, b: Any) -> Any:
     """``sum(a * b, axis=1)`` of two (C, M) arrays as one batched matmul, without the (C, M) product.
 
-    Not ``vecdot``: where a library has none (CuPy, as issue 13 reports), array-api-compat uses a
-    generic stand-in that moves axes, broadcasts and conjugates before its matmul. On NumPy
-    this is as fast as ``vecdot`` (64 x 50,176 float32: 2.2 vs 2.6 ms; ``sum(a * b)`` 6.1 ms).
+    Not ``vecdot``: where a library has none (CuPy), array-api-compat uses a generic stand-in that
+    moves axes, broadcasts and conjugates before its matmul. On NumPy this is as fast as ``vecdot``,
+    and faster than ``sum(a * b)``, which makes the product first.
     """
     xp = array_namespace(a)
     return xp.matmul(xp.expand_dims(a, axis=1), xp.expand_dims(b, axis=2))[:, 0, 0]

@@ -43,7 +43,7 @@ import numpy as np
 from . import __version__, backend
 from .files import atomic_write
 from .layers import (GELU, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dropout, Flatten, GlobalAvgPool2D, LeakyReLU,
-                     Linear, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
+                     Linear, MaxPool2D, ReLU, Residual, Sigmoid, Softmax, Tanh)
 from .layers.base import join_path
 from .losses import BinaryCrossEntropy, CrossEntropy
 from .model import Sequential
@@ -165,23 +165,13 @@ def _sequential(model: Any, graph: _Graph, x: str, path: str) -> str:
     return x
 
 
+@exporter(Residual)
 def _residual(block: Any, graph: _Graph, x: str, path: str) -> str:
     """``activation(body(x) + shortcut(x))``; no shortcut means the identity."""
     body = graph.layer(block.body, x, join_path(path, "body"))
     shortcut = x if block.shortcut is None else graph.layer(block.shortcut, x, join_path(path, "shortcut"))
     y = graph.node("Add", [body, shortcut], path)
     return y if block.activation is None else graph.layer(block.activation, y, join_path(path, "activation"))
-
-
-def _register_residual() -> None:
-    """Residual blocks arrive with composable models; register their exporter where they exist."""
-    from . import layers
-    residual = getattr(layers, "Residual", None)
-    if residual is not None:
-        exporter(residual)(_residual)
-
-
-_register_residual()
 
 
 # --------------------------------------------------------------------------- layers with weights

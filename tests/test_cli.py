@@ -414,6 +414,30 @@ def test_error_model_files_that_do_not_fit(fashion_run, catdog_run, tmp_path):
     assert_user_error(resumed, "--model mlp differs from the run being resumed (cnn)")
 
 
+def test_the_optimizer_registry_is_what_the_command_line_offers(monkeypatch, capsys):
+    """--optimizer and the check of a resumed run's settings read optim.OPTIMIZERS: an optimizer
+    registered there is offered, one taken out is refused, and the loss-scale wrapper is no choice."""
+    from xpnn.cli.command import build_parser
+    from xpnn.cli.settings import SETTING_CHECKS
+    from xpnn.optim import OPTIMIZERS, SGD
+
+    def chosen(name: str) -> str | None:
+        try:
+            return build_parser().parse_args(["train", "--optimizer", name]).optimizer
+        except SystemExit:
+            return None
+
+    what, accepts = SETTING_CHECKS["optimizer"]
+    assert [chosen(name) for name in OPTIMIZERS] == list(OPTIMIZERS)
+    assert what == "one of sgd, momentum, adam, adamw, rmsprop"
+    monkeypatch.setitem(OPTIMIZERS, "plain", SGD)
+    monkeypatch.delitem(OPTIMIZERS, "rmsprop")
+    assert chosen("plain") == "plain" and accepts("plain")
+    assert chosen("rmsprop") is None and not accepts("rmsprop")
+    assert chosen("lossscaleoptimizer") is None and not accepts("lossscaleoptimizer")
+    assert "invalid choice: 'lossscaleoptimizer'" in capsys.readouterr().err
+
+
 def test_error_gpu_that_is_not_there():
     if len(xpnn.devices()) > 1:
         pytest.skip("this machine has a GPU")

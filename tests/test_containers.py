@@ -108,6 +108,31 @@ def test_parameters_are_named_by_dotted_path():
     assert model.layers[4].body.layers[0].path == "4.body.0"
 
 
+def test_any_layer_and_an_optimizer_clear_the_gradients_inside(rng):
+    """zero_grad on a Residual (a layer, not a Sequential) drops every gradient in its branches; an
+    optimizer's zero_grad drops those of the parameters it is given, and only those."""
+    model = Sequential([basic_block(), layers.GlobalAvgPool2D(), layers.Linear(3, 2)])
+    out, backprop = model(backend.to_device(rng.standard_normal((2, 2, 5, 5)), dtype="float32"), train=True)
+    backprop(out)
+    block, head = model.layers[0].parameters(), model.layers[2].parameters()
+    assert all(p.grad is not None for p in block + head)
+    optim.SGD(0.1).zero_grad(head)
+    assert all(p.grad is None for p in head) and all(p.grad is not None for p in block)
+    model.layers[0].zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_join_path_names_every_layer_parameter_and_buffer():
+    from xpnn.layers.base import join_path
+    assert (join_path("", "weight"), join_path("", 0), join_path("4.body", 0)) == ("weight", "0", "4.body.0")
+    model = small_resnet()
+    paths = dict(model.walk())
+    assert list(paths)[:3] == ["", "0", "1"] and "4.body.0" in paths
+    assert list(model.named_state()) == [join_path(path, name) for path, layer in paths.items() for name in layer.state()]
+    assert [p.name for p in model.parameters()] == [join_path(path, name) for path, layer in paths.items()
+                                                    for name in layer.param_names]
+
+
 def test_the_same_layer_twice_is_refused():
     shared = layers.Linear(3, 3)
     with pytest.raises(ValueError, match=r"the same Linear object is placed twice, at 0 and 2.body.0; .*build a new"):

@@ -73,7 +73,7 @@ def test_workspace_limit_is_checked_and_restored():
 
     before = ws.workspace_limit()
     for bad in (0, -1, 1.5, True, "1G"):
-        with pytest.raises(ValueError, match="the workspace limit is a positive number of bytes"):
+        with pytest.raises(ValueError, match=r"set_workspace_limit: nbytes \(the workspace limit in bytes\) must be a positive integer"):
             ws.set_workspace_limit(bad)
         assert ws.workspace_limit() == before
     with ws.workspace(1234):

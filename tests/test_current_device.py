@@ -49,8 +49,21 @@ def test_a_bare_layer_on_another_device_than_the_current_one_is_refused(xp):
     with pytest.raises(instrumented.DeviceMismatch, match="on FakeDevice\\(1\\) but the current device is "
                                                           "FakeDevice\\(0\\)"):
         layer(x)
-    with backend.device_context(second):
+    with backend.native_device_context(second):
         layer(x)
+
+
+def test_native_device_context_makes_the_device_current_in_its_library_only(xp):
+    """use_device changes xpnn's active device and its library's current one; native_device_context
+    (also called device_context) only the latter."""
+    second = backend.Device.from_namespace(xp, xp.devices[1])
+    active = xpnn.get_device()
+    assert backend.device_context is backend.native_device_context
+    with backend.native_device_context(second):
+        assert xp.current() is xp.devices[1] and xpnn.get_device() == active
+    with xpnn.use_device(second):
+        assert xp.current() is xp.devices[1] and backend.current_device() == second
+    assert xp.current() is xp.devices[0] and xpnn.get_device() == active
 
 
 def test_model_on_the_second_device_trains_evaluates_and_predicts_while_the_first_is_current(xp):

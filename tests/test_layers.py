@@ -1,4 +1,6 @@
 """Dense layers and activations: gradients (float64), devices, dtypes and bad input."""
+import json
+
 import numpy as np
 import pytest
 
@@ -125,6 +127,21 @@ def test_linear_wrong_rank():
 def test_linear_bad_sizes(args, message):
     with pytest.raises(ValueError, match=message):
         layers.Linear(*args)
+
+
+def test_layer_sizes_take_numpy_integers_and_refuse_bools():
+    """One integer check (xpnn.validation.check_integer) for every layer: a NumPy integer is kept as a
+    Python int, so the layer's config stays JSON; True is no size."""
+    sizes = np.arange(1, 5)
+    linear, conv, norm = layers.Linear(sizes[2], sizes[1]), layers.Conv2D(sizes[0], sizes[3], 3), \
+        layers.BatchNorm2D(sizes[1])
+    assert [type(v) for v in (linear.in_features, conv.out_channels, norm.num_features)] == [int] * 3
+    assert json.dumps(linear.config())
+    for build, message in ((lambda: layers.BatchNorm1D(True), "BatchNorm1D: num_features must be a positive integer, "
+                                                               "got True"),
+                           (lambda: layers.Conv2D(2, 0, 3), "Conv2D: out_channels must be a positive integer, got 0")):
+        with pytest.raises(ValueError, match=message):
+            build()
 
 
 def test_bad_layer_arguments():

@@ -149,7 +149,7 @@ def test_memory_estimate_is_within_a_fifth_of_the_measured_step(rng, checkpoint)
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_memory_estimate_needs_a_positive_batch_size(bad):
-    with pytest.raises(ValueError, match="the batch size must be a positive integer"):
+    with pytest.raises(ValueError, match="memory_estimate: batch_size must be a positive integer"):
         layers.memory_estimate(xpnn.mlp([4, 3]), bad, (4,))
 
 

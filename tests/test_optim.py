@@ -351,7 +351,7 @@ def test_get_optimizer_names():
     (lambda: get_optimizer("adagrad"), r"unknown optimizer 'adagrad'; known: adam, adamw, momentum, rmsprop, sgd"),
     (lambda: get_optimizer({"lr": 0.1}), r"get_optimizer: the record needs a 'name' key, got keys \['lr'\]"),
     (lambda: get_optimizer(Adam(), lr=0.1), r"get_optimizer: got an instance Adam\(.*\) and arguments \['lr'\]"),
-    (lambda: StepDecay(0.1, step_size=0), r"StepDecay: step_size must be an integer >= 1, got 0"),
+    (lambda: StepDecay(0.1, step_size=0), r"StepDecay: step_size must be a positive integer, got 0"),
     (lambda: ExponentialDecay(0.1, gamma=0.0), r"ExponentialDecay: gamma must be a number in \(0, 1\], got 0.0"),
     (lambda: CosineDecay(0.1, epochs=5, warmup_epochs=5),
      r"CosineDecay: warmup_epochs \(5\) must be less than epochs \(5\)"),

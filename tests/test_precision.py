@@ -320,7 +320,7 @@ def test_scale_loss_multiplies_the_loss_gradient_and_plain_optimizers_leave_it()
     ({"initial_scale": 0.0}, "LossScaleOptimizer: initial_scale must be"),
     ({"growth_factor": 0.5}, "LossScaleOptimizer: growth_factor must be a number >= 1, got 0.5"),
     ({"backoff_factor": 1.0}, r"LossScaleOptimizer: backoff_factor must be a number in \(0, 1\), got 1.0"),
-    ({"growth_interval": 0}, "LossScaleOptimizer: growth_interval must be an integer >= 1, got 0"),
+    ({"growth_interval": 0}, "LossScaleOptimizer: growth_interval must be a positive integer, got 0"),
 ])
 def test_bad_loss_scale_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -1,8 +1,8 @@
 """The one place that knows which array library and device xpnn runs on.
 
 A :class:`Device` pairs an array-API namespace (NumPy, CuPy, array-api-strict, PyTorch, ...)
-with that library's native device object. Layer math never looks here: it takes its namespace
-from its inputs. This module is used for what must be decided from the outside: where new
+with that library's native device object. Layer math never asks here which device is active: it
+takes its namespace and its native device from its inputs (:func:`native_device`, named here once). This module is used for what must be decided from the outside: where new
 parameters and batches go (``set_device``), moving host arrays there and back (``to_device``,
 ``to_numpy``), and randomness.
 """
@@ -19,15 +19,21 @@ from typing import Any, Iterator
 
 import numpy as np
 from array_api_compat import array_namespace
-from array_api_compat import device as native_device_of
+from array_api_compat import device as _compat_device
 from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_namespace
 
 __all__ = [
-    "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device", "device_context",
-    "devices", "device_of", "to_device", "to_numpy", "seed", "host_rng", "rng_state", "set_rng_state",
+    "Device", "DeviceError", "set_device", "get_device", "current_device", "use_device", "native_device_context",
+    "device_context",
+    "devices", "device_of", "native_device", "to_device", "to_numpy", "seed", "host_rng", "rng_state", "set_rng_state",
     "random_uniform", "random_snapshot", "replayed_random", "memory_info", "ARRAY_LIBRARIES",
     "register_array_library",
 ]
+
+#: ``native_device(x)``: the device object of ``x``'s own library, what its ``device=`` takes (``"cpu"``
+#: for NumPy, a ``cupy.cuda.Device``), for making arrays beside ``x``; array-api-compat's ``device``.
+#: Not an xpnn :class:`Device`: that is :func:`device_of`.
+native_device = _compat_device
 
 GPU_INSTALL_HINT = ('pip install "xpnn[gpu]" (CuPy for CUDA 12 with the CUDA libraries it needs, cupy-cuda12x[ctk]; '
                     'with a CUDA 13 driver install "cupy-cuda13x[ctk]" instead)')
@@ -50,7 +56,7 @@ class Device:
         """Wrap any array-API namespace and one of its devices (the default one if ``None``)."""
         xp = array_namespace(xp.asarray(0))
         if native is None:
-            native = native_device_of(xp.asarray(0))
+            native = native_device(xp.asarray(0))
         return cls(_canonical_name(xp, native), xp, native)
 
     def __eq__(self, other: object) -> bool:
@@ -317,14 +323,16 @@ def get_device() -> str:
 
 @contextlib.contextmanager
 def use_device(spec: "str | Device") -> Iterator[Device]:
-    """Run a block on ``spec`` and restore the previous device afterwards (per thread)."""
+    """Make ``spec`` xpnn's active device for a block (per thread): what :func:`get_device` and
+    :func:`current_device` return, where new parameters and batches go. Its library's current device
+    follows (:func:`native_device_context`); both are restored afterwards."""
     device = _parse(spec)
     stack = getattr(_state, "stack", None)
     if stack is None:
         stack = _state.stack = []
     stack.append(device)
     try:
-        with device_context(device):
+        with native_device_context(device):
             yield device
     finally:
         stack.pop()
@@ -338,8 +346,9 @@ def _needs_context(device: Device) -> bool:
     return hasattr(native, "__enter__") and not isinstance(native, str) and not is_torch_namespace(device.xp)
 
 
-def device_context(device: "Device | None") -> Any:
-    """A context manager that makes ``device`` its library's *current* device for the block.
+def native_device_context(device: "Device | None") -> Any:
+    """A context manager that makes ``device`` its array library's *current* device for the block
+    (``device.native`` entered), and only that: xpnn's active device (:func:`use_device`) stays.
 
     CuPy allocates on the current CUDA device whatever ``device=`` says (array-api-compat passes
     ``device=`` on only in ``asarray``), and refuses to run kernels on arrays of another GPU. So
@@ -352,6 +361,10 @@ def device_context(device: "Device | None") -> Any:
     if device is None or not _needs_context(device):
         return _NO_CONTEXT
     return device.native
+
+
+#: another name for :func:`native_device_context`, public (``xpnn.backend.device_context``), so scripts keep it
+device_context = native_device_context
 
 
 def memory_info(device: "Device | str | None" = None) -> tuple[int, int] | None:
@@ -425,7 +438,7 @@ def gpu_identity(device: Device) -> str:
 def device_of(array: Any) -> Device:
     """The :class:`Device` an array lives on."""
     xp = array_namespace(array)
-    native = native_device_of(array)
+    native = native_device(array)
     if is_numpy_namespace(xp):
         return _numpy_device()
     return Device(_canonical_name(xp, native), xp, native)
@@ -466,7 +479,7 @@ def to_device(host: Any, device: "str | Device | None" = None, dtype: "str | Any
         host = to_numpy(host) if is_array(host) else np.asarray(host)
     xp = target.xp
     on_gpu = is_cupy_namespace(xp)
-    with device_context(target):
+    with native_device_context(target):
         if is_numpy_namespace(xp) or on_gpu:
             moved = xp.asarray(host, copy=True) if copy else xp.asarray(host)
         else:

@@ -24,7 +24,7 @@ from . import __version__, backend, precision
 from .errors import DataError, ModelFileError
 from .init import placeholders
 from .files import atomic_write, json_text
-from .layers.base import LoadReport, layer_from_spec, layer_spec
+from .layers.base import LoadReport, join_path, layer_from_spec, layer_spec
 from .losses import get_loss
 from .model import Sequential
 from .optim import get_optimizer
@@ -366,12 +366,12 @@ def _spec_differences(saved: Any, ours: dict[str, Any], path: str) -> list[str]:
     mine, theirs = ours["config"], saved["config"]
     for key in [*mine, *(k for k in theirs if k not in mine)]:
         a, b = theirs.get(key), mine.get(key)
-        child = f"{path}.{key}" if path else key
+        child = join_path(path, key)
         if isinstance(b, list) and b and all(_is_spec(v) for v in b) and isinstance(a, list):
             if len(a) != len(b):
                 diffs.append(f"{where}: the file has {len(a)} layers, the model {len(b)}")
             for i, (sa, sb) in enumerate(zip(a, b)):
-                diffs += _spec_differences(sa, sb, f"{path}.{i}" if path else str(i))
+                diffs += _spec_differences(sa, sb, join_path(path, i))
         elif _is_spec(b) and _is_spec(a):
             diffs += _spec_differences(a, b, child)
         elif _is_spec(a) or _is_spec(b):

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from array_api_compat import array_namespace
-from array_api_compat import device as device_of
 
 from . import precision
+from .backend import native_device
 from .errors import ShapeError
 from .layers.activations import sigmoid
 from .optim.arguments import number
@@ -141,7 +141,7 @@ class CrossEntropy(Loss):
         n, classes = pred.shape
         labels = target.ndim == 1
         if labels:
-            y = xp.astype(xp.reshape(target, (n, 1)) == xp.arange(classes, device=device_of(pred)), pred.dtype)
+            y = xp.astype(xp.reshape(target, (n, 1)) == xp.arange(classes, device=native_device(pred)), pred.dtype)
         else:
             y = xp.astype(target, pred.dtype, copy=False)
         if self.label_smoothing:

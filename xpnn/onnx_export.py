@@ -43,7 +43,8 @@ import numpy as np
 from . import __version__, backend
 from .files import atomic_write
 from .layers import (GELU, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dropout, Flatten, GlobalAvgPool2D, LeakyReLU,
-                     Linear, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
+                     Linear, MaxPool2D, ReLU, Residual, Sigmoid, Softmax, Tanh)
+from .layers.base import join_path
 from .losses import BinaryCrossEntropy, CrossEntropy
 from .model import Sequential
 
@@ -92,10 +93,6 @@ def _onnx() -> Any:
     except ImportError:
         raise ImportError(f"ONNX export needs the onnx package: {INSTALL_HINT}") from None
     return onnx
-
-
-def _child(path: str, name: "str | int") -> str:
-    return f"{path}.{name}" if path else str(name)
 
 
 class _Graph:
@@ -164,27 +161,17 @@ def _sequential(model: Any, graph: _Graph, x: str, path: str) -> str:
     """Children in their declared order. (Sequential may run a ReLU after the MaxPool2D that
     follows it, for speed; the two commute, so the declared order gives the same result.)"""
     for index, layer in enumerate(model.layers):
-        x = graph.layer(layer, x, _child(path, index))
+        x = graph.layer(layer, x, join_path(path, index))
     return x
 
 
+@exporter(Residual)
 def _residual(block: Any, graph: _Graph, x: str, path: str) -> str:
     """``activation(body(x) + shortcut(x))``; no shortcut means the identity."""
-    body = graph.layer(block.body, x, _child(path, "body"))
-    shortcut = x if block.shortcut is None else graph.layer(block.shortcut, x, _child(path, "shortcut"))
+    body = graph.layer(block.body, x, join_path(path, "body"))
+    shortcut = x if block.shortcut is None else graph.layer(block.shortcut, x, join_path(path, "shortcut"))
     y = graph.node("Add", [body, shortcut], path)
-    return y if block.activation is None else graph.layer(block.activation, y, _child(path, "activation"))
-
-
-def _register_residual() -> None:
-    """Residual blocks arrive with composable models; register their exporter where they exist."""
-    from . import layers
-    residual = getattr(layers, "Residual", None)
-    if residual is not None:
-        exporter(residual)(_residual)
-
-
-_register_residual()
+    return y if block.activation is None else graph.layer(block.activation, y, join_path(path, "activation"))
 
 
 # --------------------------------------------------------------------------- layers with weights
@@ -193,17 +180,17 @@ _register_residual()
 @exporter(Linear)
 def _linear(layer: Linear, graph: _Graph, x: str, path: str) -> str:
     """Gemm with transB=0: xpnn's weight is (in, out), so ``y = x @ W + b`` as stored."""
-    inputs = [x, graph.weight(_child(path, "weight"), layer.weight.value, layer.describe())]
+    inputs = [x, graph.weight(join_path(path, "weight"), layer.weight.value, layer.describe())]
     if layer.bias is not None:
-        inputs.append(graph.weight(_child(path, "bias"), layer.bias.value, layer.describe()))
+        inputs.append(graph.weight(join_path(path, "bias"), layer.bias.value, layer.describe()))
     return graph.node("Gemm", inputs, path, alpha=1.0, beta=1.0, transA=0, transB=0)
 
 
 @exporter(Conv2D)
 def _conv(layer: Conv2D, graph: _Graph, x: str, path: str) -> str:
-    inputs = [x, graph.weight(_child(path, "weight"), layer.weight.value, layer.describe())]
+    inputs = [x, graph.weight(join_path(path, "weight"), layer.weight.value, layer.describe())]
     if layer.bias is not None:
-        inputs.append(graph.weight(_child(path, "bias"), layer.bias.value, layer.describe()))
+        inputs.append(graph.weight(join_path(path, "bias"), layer.bias.value, layer.describe()))
     return graph.node("Conv", inputs, path, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
                       dilations=list(layer.dilation), pads=_pads(layer.pads), group=1)
 
@@ -211,7 +198,7 @@ def _conv(layer: Conv2D, graph: _Graph, x: str, path: str) -> str:
 @exporter(BatchNorm1D, BatchNorm2D)
 def _batch_norm(layer: Any, graph: _Graph, x: str, path: str) -> str:
     """Inference form (running statistics), with xpnn's epsilon (ONNX's default is 1e-5)."""
-    names = [graph.weight(_child(path, name), value, layer.describe()) for name, value in
+    names = [graph.weight(join_path(path, name), value, layer.describe()) for name, value in
              (("gamma", layer.gamma.value), ("beta", layer.beta.value), ("running_mean", layer.running_mean),
               ("running_var", layer.running_var))]
     return graph.node("BatchNormalization", [x, *names], path, epsilon=layer.eps)
@@ -271,10 +258,10 @@ def _gelu(layer: GELU, graph: _Graph, x: str, path: str) -> str:
     if graph.opset >= GELU_OPSET:
         return graph.node("Gelu", [x], path, approximate="tanh")
     cube = graph.node("Mul", [graph.node("Mul", [x, x], path), x], path)
-    inner = graph.node("Add", [x, graph.node("Mul", [cube, graph.constant(_child(path, "k"), 0.044715)], path)], path)
-    t = graph.node("Tanh", [graph.node("Mul", [inner, graph.constant(_child(path, "c"), GELU._C)], path)], path)
-    one_plus_t = graph.node("Add", [t, graph.constant(_child(path, "one"), 1.0)], path)
-    half_x = graph.node("Mul", [x, graph.constant(_child(path, "half"), 0.5)], path)
+    inner = graph.node("Add", [x, graph.node("Mul", [cube, graph.constant(join_path(path, "k"), 0.044715)], path)], path)
+    t = graph.node("Tanh", [graph.node("Mul", [inner, graph.constant(join_path(path, "c"), GELU._C)], path)], path)
+    one_plus_t = graph.node("Add", [t, graph.constant(join_path(path, "one"), 1.0)], path)
+    half_x = graph.node("Mul", [x, graph.constant(join_path(path, "half"), 0.5)], path)
     return graph.node("Mul", [half_x, one_plus_t], path)
 
 

@@ -1,17 +1,28 @@
-"""Host-side checks of user data, run once before training or prediction starts.
+"""Host-side checks of user data, run once before training or prediction starts, and the one
+check of an integer argument (a layer's width, a batch size, an optimizer's step count ...).
 
-They run on NumPy copies, never inside a training step, and each error names the argument,
-what was expected and what was received, before any parameter changes.
+They run on NumPy copies or Python numbers, never inside a training step, and each error names
+the argument, what was expected and what was received, before any parameter changes.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
 
 from .errors import DataError, ShapeError
 
-__all__ = ["check_inputs", "check_targets", "check_lengths"]
+__all__ = ["check_inputs", "check_targets", "check_lengths", "check_integer"]
+
+
+def check_integer(owner: str, name: str, value: Any, low: int = 1) -> int:
+    """``value`` as a Python int, if it is an integer (a NumPy one too, never a bool) of at least
+    ``low``; else a ValueError naming ``owner`` and ``name``, with "a positive integer" for ``low`` 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        wanted = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{owner}: {name} must be {wanted}, got {value!r}")
+    return int(value)
 
 
 def check_inputs(x: np.ndarray, name: str = "x", dtype: str | None = None) -> None:

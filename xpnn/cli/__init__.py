@@ -24,7 +24,7 @@ from __future__ import annotations
 from .command import build_parser, main
 from .errors import CLIError
 
-# the old module's other public names, for ``xpnn.cli.NAME``; ``import *`` still gives the three above
+# the subcommands' public names, reachable as ``xpnn.cli.NAME`` for scripts; ``import *`` gives the three above
 from .dataset import DEFAULT_IMAGE_SIZE, IDX_SIZE, NAMED_DATA, SAMPLE, SCALE, Dataset, Split, load_data
 from .devices import cmd_devices
 from .evaluate import cmd_evaluate

@@ -9,6 +9,7 @@ import warnings
 from typing import Any, Sequence
 
 from .. import __version__, backend, zoo
+from ..optim import OPTIMIZERS
 from .dataset import DEFAULT_IMAGE_SIZE, NAMED_DATA, SAMPLE
 from .devices import cmd_devices
 from .errors import CLIError, one_line
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_positive, metavar="N", help=f"total epochs (default {DEFAULTS['epochs']})")
     train.add_argument("--batch-size", type=_positive, metavar="N", help=f"default {DEFAULTS['batch_size']}")
     train.add_argument("--lr", type=float, help="learning rate (default: the optimizer's, 0.001 for adam)")
-    train.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw", "rmsprop"],
+    train.add_argument("--optimizer", choices=list(OPTIMIZERS),
                        help="default adam")
     train.add_argument("--weight-decay", type=_number_in(0.0, float("inf"), high_open=True), metavar="W",
                        help="the optimizer's weight decay (default: the optimizer's, 0.01 for adamw, else 0)")

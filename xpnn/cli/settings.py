@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from .. import zoo
+from ..optim import OPTIMIZERS
 from ..precision import POLICIES
 from .dataset import SAMPLE, data_spec
 from .errors import CLIError
@@ -43,7 +44,7 @@ SETTING_CHECKS: dict[str, tuple[str, Any]] = {
     "color": ("null, 'rgb' or 'gray'", lambda v: v in (None, "rgb", "gray")),
     "epochs": ("a positive integer", lambda v: is_int(v, 1)),
     "batch_size": ("a positive integer", lambda v: is_int(v, 1)),
-    "optimizer": ("an optimizer name", lambda v: v in ("sgd", "momentum", "adam", "adamw", "rmsprop")),
+    "optimizer": (f"one of {', '.join(OPTIMIZERS)}", lambda v: v in OPTIMIZERS),
     "lr": ("null or a positive number", lambda v: v is None or (is_number(v) and 0 < v < math.inf)),
     "seed": ("an integer", lambda v: is_int(v, -2**63)),
     "augment": ("true or false", lambda v: isinstance(v, bool)),

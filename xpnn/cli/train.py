@@ -15,6 +15,7 @@ import numpy as np
 from .. import __version__, backend, metrics, precision, zoo
 from ..errors import OutOfMemoryError, TrainingDivergedError
 from ..io import load_checkpoint, load_weights, save
+from ..layers.base import join_path
 from ..layers.memory import memory_estimate
 from ..train import History
 from .dataset import SCALE, Dataset, train_transform, training_data
@@ -42,7 +43,7 @@ def _init_from(model: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
         raise CLIError(f"--init-from {one_line(exc)}") from exc
     loaded = set(report.loaded)
     whole = [path for path, layer in model.walk() if not layer.children() and layer.state()
-             and all((f"{path}.{name}" if path else name) in loaded for name in layer.state())]
+             and all(join_path(path, name) in loaded for name in layer.state())]
     if settings["freeze"]:
         layers = dict(model.walk())
         for path in whole:

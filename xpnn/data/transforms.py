@@ -12,9 +12,8 @@ from typing import Any, Callable, Sequence
 
 import array_api_extra as xpx
 from array_api_compat import array_namespace
-from array_api_compat import device as device_of
 
-from ..backend import random_uniform
+from ..backend import native_device, random_uniform
 from ..errors import ShapeError
 
 __all__ = ["Compose", "RandomHorizontalFlip", "RandomCrop", "ColorJitter"]
@@ -122,7 +121,7 @@ class RandomCrop:
         if py or px:
             x = xpx.pad(x, ((0, 0), (0, 0), (py, py), (px, px)), constant_values=self.fill)
         u = random_uniform((2, n), like=x)
-        dev, i64 = device_of(x), xp.int64
+        dev, i64 = native_device(x), xp.int64
         oy = _clip(xp.astype(xp.floor(u[0, :] * (hp - h + 1)), i64), 0, hp - h)
         ox = _clip(xp.astype(xp.floor(u[1, :] * (wp - w + 1)), i64), 0, wp - w)
         # flat positions in each padded H*W plane, (N, 1, h*w): shared by the channels (broadcast)

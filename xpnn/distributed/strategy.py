@@ -12,9 +12,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from array_api_compat import array_namespace
-from array_api_compat import device as native_device
 
 from .. import backend
+from ..backend import native_device
 from ..errors import DistributedError
 from .transports import MpiComm, NcclComm
 
@@ -103,8 +103,7 @@ class DataParallel:
         def idle_step() -> None:
             self.reduce_gradients(params, 0)
             optimizer.step(params)
-            for p in params:
-                p.grad = None
+            optimizer.zero_grad(params)
 
         self._idle_step = idle_step
         self._sync_seconds = float(sync_seconds)
@@ -160,7 +159,7 @@ class DataParallel:
         its gradients, one scaling and the all-reduce (three operations, whatever the number of
         parameters); the gradients become views of the reduced buffer, which the optimizer then
         takes as its flat gradient without copying them again. Runs with the
-        parameters' device made current (see :func:`xpnn.backend.device_context`).
+        parameters' device made current (see :func:`xpnn.backend.native_device_context`).
         """
         total = self._global_count if global_count is None else global_count
         if total <= 0:
@@ -172,7 +171,7 @@ class DataParallel:
         for bucket in self._buckets:
             first = bucket.slots[0].param.value
             xp = array_namespace(first)
-            with backend.device_context(backend.device_of(first)):
+            with backend.native_device_context(backend.device_of(first)):
                 if weight == 0.0:
                     buffer = xp.zeros((bucket.size,), dtype=first.dtype, device=native_device(first))
                 else:

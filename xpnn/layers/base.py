@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 from array_api_compat import array_namespace
 
@@ -18,7 +18,7 @@ from ..errors import DataError, ShapeError
 Backprop = Callable[[Any], Any]
 
 __all__ = ["Layer", "Parameter", "Backprop", "LoadReport", "layer_class", "layer_spec", "layer_from_spec",
-           "recomputing", "is_recomputing", "backprop_ran_twice"]
+           "recomputing", "is_recomputing", "backprop_ran_twice", "zero_grads", "join_path"]
 
 _recomputing = [False]
 
@@ -111,10 +111,25 @@ class Parameter:
             self.grad = grad if self.grad is None else self.grad + grad
 
     def zero_grad(self) -> None:
+        """Drop the gradient (``grad`` becomes None, PyTorch's ``set_to_none``): the next backward
+        pass starts from nothing and no array is kept alive or filled with zeros."""
         self.grad = None
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, shape={self.shape})"
+
+
+def join_path(path: str, name: "str | int") -> str:
+    """``name`` under the dotted ``path`` (``"3.body"``, ``0`` -> ``"3.body.0"``), ``name`` alone at the
+    root (``path`` ""): how every parameter, buffer and layer inside a model is named."""
+    return f"{path}.{name}" if path else str(name)
+
+
+def zero_grads(params: Iterable[Parameter]) -> None:
+    """:meth:`Parameter.zero_grad` for each of ``params``: what layers, optimizers and the training
+    step call to clear gradients."""
+    for param in params:
+        param.zero_grad()
 
 
 _REGISTRY: dict[str, type["Layer"]] = {}
@@ -256,7 +271,7 @@ class Layer:
         """``(path, layer)`` for this layer and every layer inside it, parents before children."""
         yield prefix, self
         for name, child in self.children():
-            yield from child.walk(f"{prefix}.{name}" if prefix else name)
+            yield from child.walk(join_path(prefix, name))
 
     def _name_tree(self) -> None:
         """Give every layer inside its path and every parameter its dotted name, relative to this
@@ -272,7 +287,7 @@ class Layer:
             seen[id(layer)] = path
             layer.path = path
             for name in layer.param_names:
-                getattr(layer, name).name = f"{path}.{name}" if path else name
+                getattr(layer, name).name = join_path(path, name)
 
     @property
     def trainable(self) -> bool:
@@ -303,10 +318,14 @@ class Layer:
         """The parameters training updates: ``parameters(trainable=True)``."""
         return self.parameters(trainable=True)
 
+    def zero_grad(self) -> None:
+        """Drop the gradient of every parameter of this layer and the layers inside it."""
+        zero_grads(self.parameters())
+
     def named_state(self) -> dict[str, Any]:
         """Every array (parameters and buffers) of this layer and the layers inside it, on its
         device, keyed by dotted path (``"3.body.0.weight"``)."""
-        return {f"{path}.{name}" if path else name: value
+        return {join_path(path, name): value
                 for path, layer in self.walk() for name, value in layer.state().items()}
 
     def state_dict(self) -> dict[str, Any]:
@@ -341,7 +360,7 @@ class Layer:
             raise error(f"state does not match the model: {report.describe()}")
         if mine and not report.loaded:
             raise ValueError(f"nothing in the state matches the model: {report.describe()}")
-        owners = {f"{path}.{name}" if path else name: (layer, name)
+        owners = {join_path(path, name): (layer, name)
                   for path, layer in self.walk() for name in layer.state()}
         moved = {key: backend.to_device(arrays[key], backend.device_of(mine[key]), dtype=mine[key].dtype, copy=True)
                  for key in report.loaded}
@@ -364,7 +383,7 @@ class Layer:
         if name in self.param_names:
             param = getattr(self, name)
             param.value = value
-            param.grad = None
+            param.zero_grad()
         else:
             setattr(self, name, value)
 

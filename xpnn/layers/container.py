@@ -17,7 +17,8 @@ from array_api_compat import array_namespace
 from .. import backend
 from ..errors import ShapeError
 from . import activations as _activations
-from .base import Backprop, Layer, backprop_ran_twice, is_recomputing, layer_from_spec, layer_spec, recomputing
+from .base import (Backprop, Layer, backprop_ran_twice, is_recomputing, join_path, layer_from_spec, layer_spec,
+                   recomputing)
 from .dense import Linear
 from .memory import memory_estimate
 from .pool import MaxPool2D
@@ -68,13 +69,13 @@ class Sequential(Layer):
         """Run every layer. With ``input_grad=False`` the backward pass stops at the first layer
         with trainable parameters and returns None (what training needs: no dL/dx for the data)."""
         device = self._check_input(x)
-        with backend.device_context(device):
+        with backend.native_device_context(device):
             y, backprop = self.forward(x, train=train, input_grad=input_grad)
         if self.input_shape is None:  # the shape that just ran, for export and summary
             self.input_shape = tuple(int(d) for d in x.shape[1:])
 
         def backprop_on_device(dy: Any) -> Any:
-            with backend.device_context(device):
+            with backend.native_device_context(device):
                 return backprop(dy)
 
         return y, backprop_on_device
@@ -188,10 +189,6 @@ class Sequential(Layer):
         params = self.parameters()
         return backend.dtype_name(params[0].value.dtype) if params else "float32"
 
-    def zero_grad(self) -> None:
-        for p in self.parameters():
-            p.grad = None
-
     def count_params(self, trainable: bool | None = None) -> int:
         """The number of parameter values (``trainable=True``/``False``: only unfrozen/frozen ones)."""
         return sum(p.size for p in self.parameters(trainable))
@@ -225,7 +222,7 @@ class Sequential(Layer):
             rows.append((path, "  " * depth + layer._title() + frozen, _shape_text(layer.output_shape(shape)),
                          f"{sum(p.size for p in params):,}"))
             for name, child, child_shape in layer.child_inputs(shape):
-                visit(child, f"{path}.{name}", child_shape, depth + 1)
+                visit(child, join_path(path, name), child_shape, depth + 1)
 
         for name, child, child_shape in self.child_inputs((1, *sample)):
             visit(child, name, child_shape, 0)

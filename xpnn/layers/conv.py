@@ -7,100 +7,28 @@ and the next convolution's channel-major view of it is free. The extra row of on
 folds the bias into the matmul (its gradient comes out as the last column of ``dW``). The input
 gradient is ``W.T @ dy`` added back offset by offset (col2im), a few images at a time.
 
-Measured on NumPy (Fashion CNN's 32->64 conv, batch 128): channel-major beats NHWC inside (im2col
-2.6 vs 3.5 ms, col2im 5.4 vs 9.5 ms), one big matmul beats 9 accumulated per-offset matmuls, and
-col2im beats computing dx as a convolution of the padded dy; the matmuls run at 70-80% of the
-machine's large-GEMM rate, and im2col + col2im (single-threaded copies) are the rest.
+Why this shape (on NumPy; ``benchmarks/bench_cnn.py`` times it): channel-major im2col and col2im
+copy faster than NHWC ones; one large matmul over all kernel offsets keeps BLAS near its large-matrix
+rate, which a matmul per offset, accumulated, does not; and col2im costs less than computing dx as a
+convolution of the padded dy. The matmuls are most of the time, im2col and col2im (single-threaded
+copies) the rest.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
-import array_api_extra as xpx
 from array_api_compat import array_namespace
-from array_api_compat import device as device_of
 
 from .. import precision
+from ..backend import native_device
 from ..errors import ShapeError
 from ..init import initialize
+from ..validation import check_integer
 from .base import Backprop, Layer, Parameter
+from .windows import Pair, add_into, as_config, as_pair, pad_hw, spatial_output_shape, window_slices
 from .workspace import batch_chunk
 
 __all__ = ["Conv2D"]
-
-Pair = tuple[int, int]
-
-
-def as_pair(value: Any, name: str, layer: str, minimum: int = 1) -> Pair:
-    """``3`` -> ``(3, 3)``; ``(3, 2)`` stays; anything else (or below ``minimum``) is a ValueError."""
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if (not isinstance(pair, (tuple, list)) or len(pair) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in pair)):
-        raise ValueError(f"{layer}: {name} must be an integer >= {minimum} or a pair of them, got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def as_config(value: Any) -> Any:
-    """A constructor argument as JSON keeps it: tuples become lists."""
-    return list(value) if isinstance(value, tuple) else value
-
-
-def output_size(size: int, pads: Pair, kernel: int, stride: int, dilation: int = 1) -> int:
-    """Output length along one axis (floor mode, as PyTorch); < 1 when the kernel does not fit."""
-    return (size + pads[0] + pads[1] - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def window_slices(kernel: Pair, stride: Pair, out_hw: Pair, dilation: Pair = (1, 1)) -> Iterator[tuple[slice, slice]]:
-    """For each kernel offset (row-major), the strided (rows, cols) slices of the padded input it sees."""
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            top, left = i * dilation[0], j * dilation[1]
-            yield (slice(top, top + (out_hw[0] - 1) * stride[0] + 1, stride[0]),
-                   slice(left, left + (out_hw[1] - 1) * stride[1] + 1, stride[1]))
-
-
-def pad_hw(x: Any, pads: tuple[Pair, Pair], value: float = 0.0) -> Any:
-    """``x`` (rank 4) padded on its last two axes; ``x`` itself when there is nothing to pad.
-
-    Two operations, a fill and a copy (``cupy.pad`` launches a kernel per padded side as well).
-    """
-    if pads == ((0, 0), (0, 0)):
-        return x
-    xp = array_namespace(x)
-    n, c, h, w = (int(d) for d in x.shape)
-    (top, bottom), (left, right) = pads
-    shape = (n, c, h + top + bottom, w + left + right)
-    out = xp.zeros(shape, dtype=x.dtype, device=device_of(x)) if value == 0 else \
-        xp.full(shape, value, dtype=x.dtype, device=device_of(x))
-    return xpx.at(out, (slice(None), slice(None), slice(top, top + h), slice(left, left + w))).set(x)
-
-
-def add_into(target: Any, key: tuple[Any, ...], part: Any) -> None:
-    """``target[key] += part`` as one in-place operation on the view ``target[key]``.
-
-    ``xpx.at(target, key).add(part)`` reads the view, adds, and writes the sum back: two
-    operations (two kernels on a GPU) and an extra copy on the CPU. Writing through a basic-slice
-    view works on every library xpnn runs on (NumPy, CuPy, PyTorch, array-api-strict).
-    """
-    view = target[key]
-    view += part
-
-
-def spatial_output_shape(layer: Layer, input_shape: tuple[int, ...], kernel: Pair, stride: Pair,
-                         pads: tuple[Pair, Pair], dilation: Pair = (1, 1)) -> Pair:
-    """(Ho, Wo) for an NCHW ``input_shape``; ShapeError naming the layer if the window does not fit."""
-    layer._check_rank(input_shape)
-    height, width = input_shape[2], input_shape[3]
-    out = (output_size(height, pads[0], kernel[0], stride[0], dilation[0]),
-           output_size(width, pads[1], kernel[1], stride[1], dilation[1]))
-    if out[0] < 1 or out[1] < 1:
-        extent = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
-        padded = (height + sum(pads[0]), width + sum(pads[1]))
-        raise ShapeError(
-            f"{layer.describe()}: the {extent[0]}x{extent[1]} window is larger than the padded input "
-            f"{padded[0]}x{padded[1]} (input shape {tuple(input_shape)}, padding {pads})"
-        )
-    return out
 
 
 class Conv2D(Layer):
@@ -116,9 +44,8 @@ class Conv2D(Layer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: "int | Pair", stride: "int | Pair" = 1,
                  padding: "int | Pair | str" = 0, dilation: "int | Pair" = 1, bias: bool = True, init: Any = "he",
                  dtype: str = "float32") -> None:
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Conv2D: {name} must be a positive integer, got {value!r}")
+        in_channels = check_integer("Conv2D", "in_channels", in_channels)
+        out_channels = check_integer("Conv2D", "out_channels", out_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = as_pair(kernel_size, "kernel_size", "Conv2D")
         self.stride = as_pair(stride, "stride", "Conv2D")
@@ -166,7 +93,7 @@ class Conv2D(Layer):
         windows = list(window_slices(self.kernel_size, self.stride, out_hw, self.dilation))
         chunk = batch_chunk(n, self.column_bytes(tuple(x.shape), precision.itemsize(x.dtype)), xp)
         pads = self.pads
-        ones = None if bias is None else xp.ones((1, 1, 1, 1), dtype=x.dtype, device=device_of(x))
+        ones = None if bias is None else xp.ones((1, 1, 1, 1), dtype=x.dtype, device=native_device(x))
 
         def columns(start: int, stop: int) -> Any:
             """The im2col matrix of images ``start:stop``: one gather of every kernel offset's strided
@@ -180,7 +107,7 @@ class Conv2D(Layer):
         if chunk >= n:
             y = precision.matmul(w_mat, columns(0, n))
         else:
-            y = xp.empty((out_c, n * pixels), dtype=x.dtype, device=device_of(x))
+            y = xp.empty((out_c, n * pixels), dtype=x.dtype, device=native_device(x))
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
                 y[:, start * pixels:stop * pixels] = precision.matmul(w_mat, columns(start, stop))
@@ -195,15 +122,15 @@ class Conv2D(Layer):
                 return None
             if input_grad:
                 w_t = xp.matrix_transpose(w_mat[:, :rows])
-                dx = xp.zeros((c, n, h + sum(pads[0]), w + sum(pads[1])), dtype=x.dtype, device=device_of(dy))
+                dx = xp.zeros((c, n, h + sum(pads[0]), w + sum(pads[1])), dtype=x.dtype, device=native_device(dy))
             dw_mat = None
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
                 dy_part = dy_mat[:, start * pixels:stop * pixels]
                 if weight_grad:
-                    # computed transposed, (rows, O) = cols @ dy.T: OpenBLAS runs that orientation 10-15%
-                    # faster on the conv shapes benchmarked, and the result is small; summed over the
-                    # chunks in the variable dtype
+                    # computed transposed, (rows, O) = cols @ dy.T: OpenBLAS runs that orientation faster
+                    # on convolution shapes, and the result is small; summed over the chunks in the
+                    # variable dtype
                     part = precision.variable(precision.matmul(columns(start, stop), xp.matrix_transpose(dy_part)))
                     if dw_mat is None:
                         dw_mat = part

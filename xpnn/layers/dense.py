@@ -8,6 +8,7 @@ from array_api_compat import array_namespace
 from .. import precision
 from ..errors import ShapeError
 from ..init import initialize
+from ..validation import check_integer
 from .base import Backprop, Layer, Parameter
 
 __all__ = ["Linear"]
@@ -23,9 +24,8 @@ class Linear(Layer):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: Any = "he",
                  dtype: str = "float32") -> None:
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Linear: {name} must be a positive integer, got {value!r}")
+        in_features = check_integer("Linear", "in_features", in_features)
+        out_features = check_integer("Linear", "out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
         self.use_bias, self.init, self.dtype = bias, init, dtype
         self.weight = Parameter(initialize(init, (in_features, out_features), in_features, out_features, dtype),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from .. import backend, init, precision
+from ..validation import check_integer
 from .base import Layer, layer_from_spec, layer_spec
 from .conv import Conv2D
 from .workspace import batch_chunk, images_at_a_time
@@ -136,8 +137,7 @@ def memory_model(model: Layer, sample_shape: Sequence[int], optimizer: Any = Non
 def memory_estimate(model: Layer, batch_size: int, sample_shape: Sequence[int], optimizer: Any = None) \
         -> MemoryEstimate:
     """The training memory of ``model`` at ``batch_size`` (see :class:`MemoryEstimate`)."""
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"the batch size must be a positive integer, got {batch_size!r}")
+    batch_size = check_integer("memory_estimate", "batch_size", batch_size)
     return memory_model(model, sample_shape, optimizer, batch_size).at(batch_size)
 
 
@@ -196,8 +196,7 @@ def _dry_step(twin: Layer, shape: tuple[int, ...], chunk: int) -> tuple[int, lis
         finally:
             for layer in leaves:
                 del layer.forward
-    for p in twin.parameters():
-        p.grad = None
+    twin.zero_grad()
     return saved, peaks
 
 

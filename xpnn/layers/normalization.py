@@ -16,6 +16,7 @@ from array_api_compat import array_namespace
 from .. import precision
 from ..errors import ShapeError
 from ..init import initialize
+from ..validation import check_integer
 from .base import Backprop, Layer, Parameter, backprop_ran_twice, is_recomputing
 
 __all__ = ["BatchNorm1D", "BatchNorm2D"]
@@ -24,9 +25,9 @@ __all__ = ["BatchNorm1D", "BatchNorm2D"]
 def _row_dots(a: Any, b: Any) -> Any:
     """``sum(a * b, axis=1)`` of two (C, M) arrays as one batched matmul, without the (C, M) product.
 
-    Not ``vecdot``: where a library has none (CuPy, as issue 13 reports), array-api-compat uses a
-    generic stand-in that moves axes, broadcasts and conjugates before its matmul. On NumPy
-    this is as fast as ``vecdot`` (64 x 50,176 float32: 2.2 vs 2.6 ms; ``sum(a * b)`` 6.1 ms).
+    Not ``vecdot``: where a library has none (CuPy), array-api-compat uses a generic stand-in that
+    moves axes, broadcasts and conjugates before its matmul. On NumPy this is as fast as ``vecdot``,
+    and faster than ``sum(a * b)``, which makes the product first.
     """
     xp = array_namespace(a)
     return xp.matmul(xp.expand_dims(a, axis=1), xp.expand_dims(b, axis=2))[:, 0, 0]
@@ -38,8 +39,7 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, dtype: str = "float32") -> None:
         name = type(self).__name__
-        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
-            raise ValueError(f"{name}: num_features must be a positive integer, got {num_features!r}")
+        num_features = check_integer(name, "num_features", num_features)
         if not 0 <= momentum <= 1:
             raise ValueError(f"{name}: momentum must be in [0, 1], got {momentum!r}")
         if not eps > 0:

@@ -15,6 +15,8 @@ from typing import Any, Iterator
 
 from array_api_compat import is_numpy_namespace
 
+from ..validation import check_integer
+
 __all__ = ["set_workspace_limit", "workspace_limit", "workspace", "images_at_a_time", "batch_chunk",
            "DEFAULT_WORKSPACE_BYTES", "CPU_CHUNK_BYTES"]
 
@@ -29,9 +31,7 @@ _images: list[int | None] = [None]
 def set_workspace_limit(nbytes: int) -> None:
     """Let a layer build at most ``nbytes`` of scratch (im2col columns) at a time; at least one
     image's worth is always built. Lower it when a large batch runs out of GPU memory."""
-    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 1:
-        raise ValueError(f"the workspace limit is a positive number of bytes, got {nbytes!r}")
-    _limit[0] = nbytes
+    _limit[0] = check_integer("set_workspace_limit", "nbytes (the workspace limit in bytes)", nbytes)
 
 
 def workspace_limit() -> int:

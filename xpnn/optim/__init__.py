@@ -21,10 +21,10 @@ Modules: :mod:`.optimizers` (the flat-buffer :class:`Optimizer` base and its sub
 :mod:`.schedules` (learning rate per update, with warmup) and :mod:`.arguments` (the hyperparameter checks and
 the name-or-record factory both use).
 """
-from .optimizers import SGD, Adam, AdamW, LossScaleOptimizer, Optimizer, RMSprop, get_optimizer
+from .optimizers import OPTIMIZERS, SGD, Adam, AdamW, LossScaleOptimizer, Optimizer, RMSprop, get_optimizer
 from .schedules import Constant, CosineDecay, ExponentialDecay, Schedule, StepDecay, get_schedule
 
 __all__ = [
-    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LossScaleOptimizer", "get_optimizer",
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LossScaleOptimizer", "get_optimizer", "OPTIMIZERS",
     "Schedule", "Constant", "StepDecay", "CosineDecay", "ExponentialDecay", "get_schedule",
 ]

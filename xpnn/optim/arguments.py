@@ -1,4 +1,5 @@
-"""Hyperparameter checks and the name-or-record factory shared by schedules and optimizers."""
+"""Hyperparameter checks and the name-or-record factory shared by schedules and optimizers (an
+integer hyperparameter is checked by :func:`xpnn.validation.check_integer`, which layers use too)."""
 from __future__ import annotations
 
 import math
@@ -19,12 +20,6 @@ def number(owner: str, name: str, value: Any, rule: Rule) -> float:
             or not ok(float(value))):
         raise ValueError(f"{owner}: {name} must be {text}, got {value!r}")
     return float(value)
-
-
-def integer(owner: str, name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{owner}: {name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def from_spec(kind: str, base: type, table: Mapping[str, Callable[..., Any]], spec: Any, kwargs: dict[str, Any]) -> Any:

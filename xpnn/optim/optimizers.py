@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from array_api_compat import array_namespace, is_numpy_namespace
-from array_api_compat import device as device_of
 
 from .. import backend
-from ..layers.base import Parameter
-from .arguments import NON_NEGATIVE, POSITIVE, UNIT, from_spec, integer, number
+from ..backend import native_device
+from ..layers.base import Parameter, zero_grads
+from ..validation import check_integer
+from .arguments import NON_NEGATIVE, POSITIVE, UNIT, from_spec, number
 from .schedules import Schedule, get_schedule
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LossScaleOptimizer", "get_optimizer"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LossScaleOptimizer", "get_optimizer", "OPTIMIZERS"]
 
 
 @dataclass
@@ -173,9 +174,9 @@ class Optimizer:
         batches; kept for later calls), a schedule moves at every update; never given, it keeps one
         value per epoch, for loops that call only ``set_epoch``."""
         owner = type(self).__name__
-        epoch = integer(owner, "epoch", epoch, 0)
+        epoch = check_integer(owner, "epoch", epoch, 0)
         if steps_per_epoch is not None:
-            self._steps_per_epoch = integer(owner, "steps_per_epoch", steps_per_epoch, 1)
+            self._steps_per_epoch = check_integer(owner, "steps_per_epoch", steps_per_epoch, 1)
         self._epoch = epoch
         self._position = epoch * (self._steps_per_epoch or 1)
         self._refresh_lr()
@@ -238,7 +239,7 @@ class Optimizer:
                 for param, grad in zip(group.params, group_grads):
                     self._update(param.value, grad, self.state.get(param.name, {}), group.step, lr)
             else:
-                with backend.device_context(group.device):
+                with backend.native_device_context(group.device):
                     self._update(group.flat, group_grads[0], group.state, group.step, lr)
             if self._counts_steps:
                 for param in group.params:
@@ -251,7 +252,7 @@ class Optimizer:
         """The group's gradients: one flat array (:func:`_flat_gradient`), or on NumPy each parameter's own."""
         if is_numpy_namespace(group.xp):
             return [param.grad for param in group.params]
-        with backend.device_context(group.device):
+        with backend.native_device_context(group.device):
             return [_flat_gradient(group.xp, group.params)]
 
     def _clipped(self, groups: list[_FlatGroup], grads: list[list[Any]]) -> list[list[Any]]:
@@ -265,7 +266,7 @@ class Optimizer:
         clipped = []
         for group, group_grads in zip(groups, grads):
             xp, c = group.xp, self.clipvalue
-            with backend.device_context(group.device):
+            with backend.native_device_context(group.device):
                 if c is not None:
                     group_grads = [xp.minimum(xp.maximum(g, -c), c) for g in group_grads]
                 elif self.clipnorm is not None:
@@ -280,7 +281,7 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}: global_clipnorm needs every parameter on one device, got "
                              f"{sorted({group.device.name for group in groups})}")
         xp = groups[0].xp
-        with backend.device_context(groups[0].device):
+        with backend.native_device_context(groups[0].device):
             squares = [xp.vecdot(flat, flat) for gs in grads for flat in (xp.reshape(g, (-1,)) for g in gs)]
             total = squares[0] if len(squares) == 1 else xp.sum(xp.stack([xp.astype(v, xp.float32) for v in squares]))
             coef = xp.minimum(self.global_clipnorm / (xp.sqrt(total) + 1e-6), 1.0)
@@ -294,7 +295,7 @@ class Optimizer:
                     for g in grads]
         flat = grads[0]
         if group.sizes is None:
-            group.sizes = xp.asarray([param.size for param in group.params], dtype=xp.int64, device=device_of(flat))
+            group.sizes = xp.asarray([param.size for param in group.params], dtype=xp.int64, device=native_device(flat))
         parts = [flat[lo:hi] for lo, hi in _bounds(group.params)]
         norms = xp.sqrt(xp.stack([xp.vecdot(part, part) for part in parts]))
         scale = c / xp.maximum(norms, c)
@@ -302,8 +303,7 @@ class Optimizer:
 
     def zero_grad(self, params: Iterable[Parameter]) -> None:
         """Drop every gradient, so the next backward pass starts from nothing."""
-        for param in params:
-            param.grad = None
+        zero_grads(params)
 
     def _update(self, w: Any, grad: Any, state: dict[str, Any], step: int, lr: float) -> None:
         """Update ``w`` (a flat buffer, or any array) in place from ``grad`` and the matching ``state`` arrays."""
@@ -347,7 +347,7 @@ class Optimizer:
         for (_, _, step), members in by_key.items():
             where = backend.device_of(members[0].value)
             xp = where.xp
-            with backend.device_context(where):
+            with backend.native_device_context(where):
                 flat = _concat_flat(xp, [param.value for param in members])
                 bounds = _bounds(members)
                 for param, (lo, hi) in zip(members, bounds):
@@ -448,7 +448,7 @@ class Optimizer:
                 host = entries[key]
                 moved = backend.to_device(host, where, dtype=value.dtype)
                 # to_device may return a view of the host array on the CPU; the state must own its memory.
-                with backend.device_context(where):
+                with backend.native_device_context(where):
                     restored[pname][key] = xp.asarray(moved, copy=True)
         lr_factor = number(owner, "lr_factor", state.get("lr_factor", 1.0), NON_NEGATIVE)
         self.state = restored
@@ -643,7 +643,7 @@ class LossScaleOptimizer(Optimizer):
         self.growth_factor = number(owner, "growth_factor", growth_factor, ("a number >= 1", lambda v: v >= 1.0))
         self.backoff_factor = number(owner, "backoff_factor", backoff_factor, ("a number in (0, 1)",
                                                                                lambda v: 0.0 < v < 1.0))
-        self.growth_interval = integer(owner, "growth_interval", growth_interval, 1)
+        self.growth_interval = check_integer(owner, "growth_interval", growth_interval, 1)
         self.inner = inner
         #: the scale and the count of good steps in a row: host numbers until the first step, then device arrays
         self._scale: Any = self.initial_scale
@@ -699,8 +699,8 @@ class LossScaleOptimizer(Optimizer):
         """The scale (float32) and the good-step count (int32) as arrays on ``like``'s device."""
         xp = array_namespace(like)
         if not backend.is_array(self._scale):
-            self._scale = xp.asarray(self._scale, dtype=xp.float32, device=device_of(like))
-            self._good_steps = xp.asarray(self._good_steps, dtype=xp.int32, device=device_of(like))
+            self._scale = xp.asarray(self._scale, dtype=xp.float32, device=native_device(like))
+            self._good_steps = xp.asarray(self._good_steps, dtype=xp.int32, device=native_device(like))
         return self._scale, self._good_steps
 
     def scale_loss(self, grad: Any) -> Any:
@@ -719,7 +719,7 @@ class LossScaleOptimizer(Optimizer):
             raise ValueError(f"LossScaleOptimizer needs every parameter on one device, got "
                              f"{sorted({group.device.name for group in groups})}")
         xp = groups[0].xp
-        with backend.device_context(groups[0].device):
+        with backend.native_device_context(groups[0].device):
             scale, good_steps = self._on_device(groups[0].flat)
             inverse = 1.0 / scale
             grads = [[g * xp.astype(inverse, g.dtype) for g in inner._gradients(group)] for group in groups]
@@ -759,7 +759,7 @@ class LossScaleOptimizer(Optimizer):
         if not isinstance(saved, Mapping):
             raise ValueError(f"{owner}: the state has no loss_scale record")
         scale = number(owner, "loss_scale.scale", saved.get("scale"), POSITIVE)
-        good_steps = integer(owner, "loss_scale.good_steps", saved.get("good_steps"), 0)
+        good_steps = check_integer(owner, "loss_scale.good_steps", saved.get("good_steps"), 0)
         self.inner.load_state_dict({**state, "name": self.inner.name}, params)
         self._scale, self._good_steps = scale, good_steps
 
@@ -776,7 +776,8 @@ def _momentum_sgd(lr: Any = 0.01, momentum: float = 0.9, nesterov: bool = False,
     return SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, **clipping)
 
 
-_OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
+#: the optimizers by name: what :func:`get_optimizer` builds and ``xpnn train --optimizer`` offers
+OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
     "sgd": SGD, "momentum": _momentum_sgd, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop,
 }
 #: wrappers, rebuilt from a record (a model file records the class name) but not offered as a choice
@@ -785,11 +786,11 @@ _WRAPPERS: dict[str, Callable[..., Optimizer]] = {"loss_scale": LossScaleOptimiz
 
 
 def get_optimizer(spec: "Optimizer | str | Mapping[str, Any]", **kwargs: Any) -> Optimizer:
-    """An optimizer from an instance (returned as is), a name (``"sgd"``, ``"momentum"``, ``"adam"``,
-    ``"adamw"``, ``"rmsprop"``, any case) with constructor arguments, or a record
+    """An optimizer from an instance (returned as is), a name (a key of :data:`OPTIMIZERS`: ``"sgd"``,
+    ``"momentum"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``, any case) with constructor arguments, or a record
     ``{"name": opt.name, **opt.config()}``.
     """
     name = spec.get("name") if isinstance(spec, Mapping) else spec
     if isinstance(name, str) and name.strip().lower() in _WRAPPERS:
         return from_spec("optimizer", Optimizer, _WRAPPERS, spec, kwargs)
-    return from_spec("optimizer", Optimizer, _OPTIMIZERS, spec, kwargs)
+    return from_spec("optimizer", Optimizer, OPTIMIZERS, spec, kwargs)

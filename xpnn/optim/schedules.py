@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar, Mapping
 
-from .arguments import DECAY, NON_NEGATIVE, from_spec, integer, number
+from ..validation import check_integer
+from .arguments import DECAY, NON_NEGATIVE, from_spec, number
 
 __all__ = ["Schedule", "Constant", "StepDecay", "CosineDecay", "ExponentialDecay", "get_schedule"]
 
@@ -31,7 +32,7 @@ class Schedule:
 
     def __call__(self, epoch: int) -> float:
         """The rate at the start of ``epoch`` (0-based), each epoch counted as one step."""
-        return self.at_step(integer(type(self).__name__, "epoch", epoch, 0), 1)
+        return self.at_step(check_integer(type(self).__name__, "epoch", epoch, 0), 1)
 
     def at_step(self, step: int, steps_per_epoch: int) -> float:
         """The rate of update ``step`` (0-based, counted from the start of training).
@@ -41,8 +42,8 @@ class Schedule:
         the curve at the first update after the warmup. Later updates use ``curve(s / steps_per_epoch)``.
         """
         owner = type(self).__name__
-        step = integer(owner, "step", step, 0)
-        steps_per_epoch = integer(owner, "steps_per_epoch", steps_per_epoch, 1)
+        step = check_integer(owner, "step", step, 0)
+        steps_per_epoch = check_integer(owner, "steps_per_epoch", steps_per_epoch, 1)
         warmup_steps = self.warmup_epochs * steps_per_epoch
         if step < warmup_steps:
             return self.curve(self.warmup_epochs) * (step + 1) / (warmup_steps + 1)
@@ -83,7 +84,7 @@ class StepDecay(Schedule):
 
     def __init__(self, lr: float, step_size: int, gamma: float = 0.1, warmup_epochs: float = 0.0) -> None:
         self.lr = number("StepDecay", "lr", lr, NON_NEGATIVE)
-        self.step_size = integer("StepDecay", "step_size", step_size, 1)
+        self.step_size = check_integer("StepDecay", "step_size", step_size, 1)
         self.gamma = number("StepDecay", "gamma", gamma, DECAY)
         super().__init__(warmup_epochs)
 
@@ -125,7 +126,7 @@ class CosineDecay(Schedule):
 
     def __init__(self, lr: float, epochs: int, min_lr: float = 0.0, warmup_epochs: float = 0.0) -> None:
         self.lr = number("CosineDecay", "lr", lr, NON_NEGATIVE)
-        self.epochs = integer("CosineDecay", "epochs", epochs, 1)
+        self.epochs = check_integer("CosineDecay", "epochs", epochs, 1)
         self.min_lr = number("CosineDecay", "min_lr", min_lr, NON_NEGATIVE)
         if self.min_lr > self.lr:
             raise ValueError(f"CosineDecay: min_lr ({min_lr!r}) must not exceed lr ({lr!r})")

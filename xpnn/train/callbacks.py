@@ -11,7 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..optim.arguments import NON_NEGATIVE, integer, number
+from ..optim.arguments import NON_NEGATIVE, number
+from ..validation import check_integer
 
 __all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau"]
 
@@ -100,8 +101,8 @@ class ReduceLROnPlateau(Callback):
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"{owner}: monitor must be the name of a logged metric, got {monitor!r}")
         self.factor = number(owner, "factor", factor, ("a number in (0, 1)", lambda v: 0.0 < v < 1.0))
-        self.patience = integer(owner, "patience", patience, 0)
-        self.cooldown = integer(owner, "cooldown", cooldown, 0)
+        self.patience = check_integer(owner, "patience", patience, 0)
+        self.cooldown = check_integer(owner, "cooldown", cooldown, 0)
         self.min_delta = number(owner, "min_delta", min_delta, NON_NEGATIVE)
         self.min_lr = number(owner, "min_lr", min_lr, NON_NEGATIVE)
         self.mode = mode_for(monitor, mode)
@@ -163,8 +164,8 @@ class ReduceLROnPlateau(Callback):
         if best is not None and (isinstance(best, bool) or not isinstance(best, numbers.Real)
                                  or not math.isfinite(best)):
             raise ValueError(f"{owner}: best must be a finite number or null, got {best!r}")
-        wait = integer(owner, "wait", state["wait"], 0)
-        cooldown_counter = integer(owner, "cooldown_counter", state["cooldown_counter"], 0)
+        wait = check_integer(owner, "wait", state["wait"], 0)
+        cooldown_counter = check_integer(owner, "cooldown_counter", state["cooldown_counter"], 0)
         self._reset()
         if best is not None:
             self.best = float(best)

@@ -51,11 +51,11 @@ def _format(logs: dict[str, float]) -> str:
 
 
 def _on_model_device(run: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``run(model, ...)`` with the model's device made current (:func:`xpnn.backend.device_context`),
+    """Run ``run(model, ...)`` with the model's device made current (:func:`xpnn.backend.native_device_context`),
     so what the loop, the loss, the transforms and the optimizer create lands on the model's GPU."""
     @functools.wraps(run)
     def on_device(model: Any, *args: Any, **kwargs: Any) -> Any:
-        with backend.device_context(model.device):
+        with backend.native_device_context(model.device):
             return run(model, *args, **kwargs)
     return on_device
 
@@ -204,8 +204,7 @@ def _train_step(model: Any, loss: Loss, optimizer: Any, params: list[Any], strat
     if strategy is not None:
         strategy.reduce_gradients(params, int(out.shape[0]))
     optimizer.step(params)
-    for p in params:
-        p.grad = None
+    optimizer.zero_grad(params)
     meter.add(value, out, yb)
 
 

@@ -10,6 +10,7 @@ from array_api_compat import array_namespace
 
 from .. import backend
 from ..errors import OutOfMemoryError, TrainingDivergedError
+from ..layers.base import join_path
 from ..layers.memory import memory_model
 from ..losses import Loss
 
@@ -29,7 +30,7 @@ def check_finite_state(model: Any, params: Sequence[Any], epoch: int) -> None:
     variance overflowed normalizes to finite outputs while its running variance is inf. This runs
     before the epoch's callbacks (checkpoints) see the model; it reads one small array from the device.
     """
-    buffers = [(f"{path}.{name}" if path else name, value) for path, layer in model.walk()
+    buffers = [(join_path(path, name), value) for path, layer in model.walk()
                for name, value in layer.buffers().items()]
     if not params and not buffers:
         return

@@ -88,8 +88,9 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     wrapped in a :class:`~xpnn.optim.LossScaleOptimizer` (unless it is one), which becomes
     ``model.optimizer``; a policy that cannot run on the model's device raises before training.
     """
-    loss = get_loss(loss if loss is not None else model.loss or "cross_entropy")
-    optimizer = get_optimizer(optimizer) if optimizer is not None else (model.optimizer or SGD(lr=0.01))
+    session = model.session
+    loss = get_loss(loss if loss is not None else session.loss or "cross_entropy")
+    optimizer = get_optimizer(optimizer) if optimizer is not None else (session.optimizer or SGD(lr=0.01))
     policy = precision.dtype_policy()
     precision.check_available(model.device.xp, policy)
     if policy.loss_scaling and not isinstance(optimizer, LossScaleOptimizer):
@@ -102,15 +103,16 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     x_data, y_data = checked_data(model, x, y, loss, ("x", "y"))
     weights = None
     if class_weight is not None or sample_weight is not None:
-        weights = sample_weights(loss, host_array(y_data, "y"), model.build(tuple(x_data.shape[1:])),
+        weights = sample_weights(loss, host_array(y_data, "y"), model.output_shape((1, *x_data.shape[1:])),
                                  class_weight, sample_weight)
     val = None
     if validation_data is not None:
         if len(validation_data) != 2:
             raise ValueError("validation_data must be a pair (x_val, y_val)")
         val = checked_data(model, *validation_data, loss, ("x_val", "y_val"))
-    model.loss, model.optimizer = loss, optimizer
-    model.stop_training = False
+    session.loss, session.optimizer, session.stop_training = loss, optimizer, False
+    if session.input_shape is None:
+        session.input_shape = tuple(int(d) for d in x_data.shape[1:])
     samples = int(x_data.shape[0])
     if batch_size is None or batch_size >= samples:
         batch_size, shuffle = samples, False  # one batch: its order does not change the gradient
@@ -120,8 +122,8 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     if strategy is not None:
         loader = strategy.prepare(model, loader, optimizer, sync_seconds=SYNC_SECONDS)
         verbose = verbose if strategy.is_main else 0
-    history = model.history if initial_epoch and isinstance(model.history, History) else History()
-    model.history = history
+    history = session.history if initial_epoch and isinstance(session.history, History) else History()
+    session.history = history
     params = model.parameters(trainable=True)  # frozen ones: no gradient, no update, state kept
     callbacks = list(callbacks)
     for callback in callbacks:
@@ -186,7 +188,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
             print(f"epoch {epoch + 1}/{epochs}: {_format(logs)}", flush=True)
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
-        if model.stop_training:
+        if session.stop_training:
             break
     for callback in callbacks:
         callback.on_train_end({"history": history})
@@ -214,9 +216,9 @@ def evaluate(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, ba
              scale: Any = None) -> dict[str, float]:
     """Mean loss (and accuracy for classification) of ``model`` on ``(x, y)`` in eval mode; the loss
     is unweighted: ``class_weight`` and ``sample_weight`` are for training only (as Keras' ``val_loss``)."""
-    if loss is None and model.loss is None:
+    if loss is None and model.session.loss is None:
         raise ValueError("evaluate needs a loss: pass loss=..., or fit the model first")
-    loss = get_loss(loss if loss is not None else model.loss)
+    loss = get_loss(loss if loss is not None else model.session.loss)
     x_data, y_data = checked_data(model, x, y, loss, ("x", "y"))
     return _evaluate_checked(model, x_data, y_data, loss=loss, batch_size=batch_size, scale=scale)
 
@@ -241,7 +243,7 @@ def predict(model: Any, x: Any, *, batch_size: int = 256, scale: Any = None, to_
     ``to_host=False``), float32 under any dtype policy. Apply the output activation yourself if the
     model ends in logits."""
     x_data = checked_inputs(model, x, "x")
-    model.build(tuple(x_data.shape[1:]))
+    model.output_shape((1, *(int(d) for d in x_data.shape[1:])))  # checks the shape; records nothing
     loader = DataLoader(x_data, None, batch_size, device=model.device, dtype=model.dtype, scale=scale)
     outputs = [precision.variable(model(loader.take(idx)[0], train=False)[0]) for idx in loader.batch_indices()]
     xp = array_namespace(outputs[0])

@@ -1,12 +1,13 @@
 """Training: the loop (``fit``, ``evaluate``, ``predict``), History, callbacks and checkpoints.
 
-    loop.py        fit / evaluate / predict; the step, progress bar, validation, callbacks calls
+    loop.py        fit / evaluate / predict: fit's set-up, then one function per epoch and one per step
     session.py     TrainingSession: what a model remembers of its training (loss, optimizer, history ...)
     inputs.py      the user's x/y checked against the model and the loss before any step
     weights.py     class_weight / sample_weight checked and turned into one weight per sample
     monitor.py     device-side loss/accuracy sums read at a sync; the finite-weights check
     history.py     History: per-epoch metrics, written as JSON, CSV or a PNG curve
     callbacks.py   Callback (the interface the loop calls), EarlyStopping, ReduceLROnPlateau
+    progress.py    fit's own callbacks, first in its list: validation, epoch statistics, progress bar, epoch line
     checkpoint.py  ModelCheckpoint: the callback that writes model files (the only one that imports io)
 
 The loop sits below the model (:class:`xpnn.Sequential` calls it), the checkpoint callback above

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -17,18 +17,38 @@ __all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau"]
 
 
 class Callback:
-    """Hooks into :func:`fit`. ``self.model`` is set at the start; set ``model.stop_training = True`` to stop."""
+    """Hooks into :func:`fit`. ``self.model`` is set at the start; set ``model.stop_training = True`` to stop.
+
+    An epoch calls, on every callback in turn (fit's own first, see :mod:`.progress`, then the
+    History, then the user's): ``on_epoch_begin``, ``on_sync`` at each read of the running
+    metrics, ``on_steps_end`` when the steps are over, then ``on_epoch_end`` with the logs, which
+    a callback may add to for the ones after it (validation adds ``val_*``).
+    """
 
     model: Any = None
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
         """``logs``: ``epochs`` (the last epoch number) and ``initial_epoch`` (where this call of fit starts)."""
 
-    def on_epoch_begin(self, epoch: int) -> None: ...
+    def on_epoch_begin(self, epoch: int) -> None:
+        """Before the epoch's first step, with the optimizer's rate for the epoch set."""
+
+    def on_sync(self, epoch: int, seen: int, logs: dict[str, float]) -> None:
+        """The running ``loss`` (and ``accuracy``) were read from the device after ``seen`` samples
+        (every ``SYNC_SECONDS`` at most, and once after the last step): no device work of its own."""
+
+    def on_steps_end(self, epoch: int, seen: int, logs: dict[str, float]) -> None:
+        """The epoch's steps are over, or one raised (the error follows): release what the epoch held."""
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
 
     def on_train_end(self, logs: dict[str, Any]) -> None: ...
+
+
+def call_each(callbacks: Sequence[Callback], hook: str, *args: Any) -> None:
+    """``callback.<hook>(*args)`` for each callback, in order."""
+    for callback in callbacks:
+        getattr(callback, hook)(*args)
 
 
 def better(mode: str, value: float, best: float, min_delta: float) -> bool:

@@ -66,7 +66,11 @@ def mode_for(monitor: str, mode: str) -> str:
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved for ``patience`` epochs; optionally restore the best weights."""
+    """Stop when ``monitor`` has not improved for ``patience`` epochs; optionally restore the best weights.
+
+    Its counters (and the best weights, with ``restore_best``) are in :meth:`state_dict`; loaded
+    with :meth:`load_state_dict` before ``fit(..., initial_epoch=...)``, a resumed run stops
+    where the uninterrupted one would (:class:`~xpnn.ModelCheckpoint` keeps them)."""
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, mode: str = "auto",
                  restore_best: bool = True) -> None:
@@ -78,10 +82,14 @@ class EarlyStopping(Callback):
         self.best_state: dict[str, np.ndarray] | None = None
         self.wait = 0
         self.stopped_epoch: int | None = None
+        self._resumed = False
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
-        self.best = math.inf if self.mode == "min" else -math.inf
-        self.wait, self.best_state, self.best_epoch, self.stopped_epoch = 0, None, None, None
+        """A new run starts from nothing; a run resumed after :meth:`load_state_dict` keeps the state loaded."""
+        if not self._resumed:
+            self.best = math.inf if self.mode == "min" else -math.inf
+            self.wait, self.best_state, self.best_epoch = 0, None, None
+        self.stopped_epoch, self._resumed = None, False
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.monitor not in logs:
@@ -101,6 +109,29 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs: dict[str, Any]) -> None:
         if self.restore_best and self.best_state is not None and self.stopped_epoch is not None:
             self.model.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counters as JSON (an infinite ``best``, before any epoch, as None) and, with
+        ``restore_best``, the best weights as host arrays (a model file stores them as arrays)."""
+        return {"best": self.best if math.isfinite(self.best) else None, "best_epoch": self.best_epoch,
+                "wait": self.wait, "best_state": self.best_state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s record (checked; nothing changes on a bad one) for the next ``fit``."""
+        owner = "EarlyStopping.load_state_dict"
+        if not isinstance(state, Mapping) or set(state) != {"best", "best_epoch", "wait", "best_state"}:
+            raise ValueError(f"{owner}: expected a record with best, best_epoch, wait and best_state, got "
+                             f"{str(state)[:120]}")
+        best = _finite_or_none(owner, state["best"])
+        best_epoch = None if state["best_epoch"] is None else integer(owner, "best_epoch", state["best_epoch"], 0)
+        wait = integer(owner, "wait", state["wait"], 0)
+        best_state = state["best_state"]
+        if best_state is not None and not (isinstance(best_state, Mapping) and all(
+                isinstance(k, str) and isinstance(v, np.ndarray) for k, v in best_state.items())):
+            raise ValueError(f"{owner}: best_state must be null or arrays by parameter name")
+        self.best = (math.inf if self.mode == "min" else -math.inf) if best is None else best
+        self.best_epoch, self.wait, self._resumed = best_epoch, wait, True
+        self.best_state = None if best_state is None else dict(best_state)
 
 
 class ReduceLROnPlateau(Callback):
@@ -179,13 +210,17 @@ class ReduceLROnPlateau(Callback):
         owner = "ReduceLROnPlateau.load_state_dict"
         if not isinstance(state, Mapping) or set(state) != {"best", "wait", "cooldown_counter"}:
             raise ValueError(f"{owner}: expected a record with best, wait and cooldown_counter, got {state!r}")
-        best = state["best"]
-        if best is not None and (isinstance(best, bool) or not isinstance(best, numbers.Real)
-                                 or not math.isfinite(best)):
-            raise ValueError(f"{owner}: best must be a finite number or null, got {best!r}")
+        best = _finite_or_none(owner, state["best"])
         wait = integer(owner, "wait", state["wait"], 0)
         cooldown_counter = integer(owner, "cooldown_counter", state["cooldown_counter"], 0)
         self._reset()
         if best is not None:
-            self.best = float(best)
+            self.best = best
         self.wait, self.cooldown_counter, self._resumed = wait, cooldown_counter, True
+
+
+def _finite_or_none(owner: str, best: Any) -> float | None:
+    """A saved ``best``: a finite number, or None before any epoch; ValueError naming ``owner`` otherwise."""
+    if best is not None and (isinstance(best, bool) or not isinstance(best, numbers.Real) or not math.isfinite(best)):
+        raise ValueError(f"{owner}: best must be a finite number or null, got {best!r}")
+    return None if best is None else float(best)

@@ -114,3 +114,10 @@ def test_info_describes_the_best_weights_a_checkpoint_keeps(tmp_path, capsys):
     assert cli.main(["info", str(tmp_path / "c.npz"), "--json"]) == 0
     saved = json.loads(capsys.readouterr().out)["metadata"]["callbacks"]["stop"]
     assert saved["wait"] == 0 and saved["best_state"]["0.weight"] == "array float32 (6, 16)"
+
+
+def test_save_names_the_model_it_needs(tmp_path):
+    body = layers.Sequential([layers.Linear(2, 2)])
+    with pytest.raises(TypeError, match=r"save needs an xpnn.Sequential model, got xpnn.layers.container.Sequential"):
+        xpnn.save(body, tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()

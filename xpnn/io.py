@@ -80,6 +80,9 @@ def save(model: Sequential, path: "str | os.PathLike[str]", *, optimizer: Any = 
     ``metadata`` is any JSON-able dict (training settings, epoch, metrics); it comes back in
     ``model.metadata`` after :func:`load`.
     """
+    if not isinstance(model, Sequential):
+        kind = f"{type(model).__module__}.{type(model).__qualname__}"
+        raise TypeError(f"save needs an xpnn.Sequential model, got {kind}; wrap layers in xpnn.Sequential([...])")
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")

@@ -116,8 +116,13 @@ def test_info_describes_the_best_weights_a_checkpoint_keeps(tmp_path, capsys):
     assert saved["wait"] == 0 and saved["best_state"]["0.weight"] == "array float32 (6, 16)"
 
 
-def test_save_names_the_model_it_needs(tmp_path):
+def test_save_fit_and_evaluate_name_the_model_they_need(tmp_path):
     body = layers.Sequential([layers.Linear(2, 2)])
+    x, y = np.zeros((4, 2), np.float32), np.zeros(4, np.int64)
+    for run in (lambda: xpnn.train.fit(body, x, y, verbose=0), lambda: xpnn.train.evaluate(body, x, y, loss="ce")):
+        with pytest.raises(TypeError, match=r"needs an xpnn.Sequential model \(layers plus a training session\), got "
+                                            r"xpnn.layers.container.Sequential"):
+            run()
     with pytest.raises(TypeError, match=r"save needs an xpnn.Sequential model, got xpnn.layers.container.Sequential"):
         xpnn.save(body, tmp_path / "m.npz")
     assert not (tmp_path / "m.npz").exists()

@@ -182,6 +182,23 @@ def test_fit_runs_its_own_callbacks_in_the_list_before_the_users(monkeypatch):
     assert calls == [("steps_end", 0, 32)]
 
 
+def test_a_trained_model_is_freed_without_the_cycle_collector():
+    """The History the model keeps is recorded by a callback of fit's, so it holds no reference back
+    to the model: dropping the last reference frees the model (and its device memory) at once."""
+    import gc
+    import weakref
+    x, y = teacher_task(64, features=8)
+    model = tutorial_mlp(8)
+    model.fit(x, y, loss="bce", optimizer="adam", epochs=2, batch_size=32, validation_data=(x, y), verbose=0)
+    gc.disable()
+    try:
+        gone = weakref.ref(model)
+        del model
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
 def test_verbose_2_prints_one_line_per_epoch(capsys):
     x, y = teacher_task(64, features=8)
     tutorial_mlp(8).fit(x, y, loss="bce", optimizer=optim.SGD(lr=0.05), epochs=2, batch_size=32, verbose=2)

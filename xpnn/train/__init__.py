@@ -7,7 +7,8 @@
     monitor.py     device-side loss/accuracy sums read at a sync; the finite-weights check
     history.py     History: per-epoch metrics, written as JSON, CSV or a PNG curve
     callbacks.py   Callback (the interface the loop calls), EarlyStopping, ReduceLROnPlateau
-    progress.py    fit's own callbacks, first in its list: validation, epoch statistics, progress bar, epoch line
+    progress.py    fit's own callbacks, first in its list: progress bar, validation, epoch statistics,
+                   the History's recording, the verbose-2 epoch line
     checkpoint.py  ModelCheckpoint: the callback that writes model files (the only one that imports io)
 
 The loop sits below the model (:class:`xpnn.Sequential` calls it), the checkpoint callback above

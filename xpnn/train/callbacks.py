@@ -20,7 +20,7 @@ class Callback:
     """Hooks into :func:`fit`. ``self.model`` is set at the start; set ``model.stop_training = True`` to stop.
 
     An epoch calls, on every callback in turn (fit's own first, see :mod:`.progress`, then the
-    History, then the user's): ``on_epoch_begin``, ``on_sync`` at each read of the running
+    user's): ``on_epoch_begin``, ``on_sync`` at each read of the running
     metrics, ``on_steps_end`` when the steps are over, then ``on_epoch_end`` with the logs, which
     a callback may add to for the ones after it (validation adds ``val_*``).
     """

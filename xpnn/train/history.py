@@ -6,16 +6,12 @@ from typing import Any
 
 from .. import distributed
 from ..files import atomic_write, write_json, write_png
-from .callbacks import Callback
 
 __all__ = ["History"]
 
 
-class History(Callback):
-    """Per-epoch metrics: ``history.history["loss"]``, ``["val_accuracy"]``, ... and ``epochs``.
-
-    ``fit`` puts the model's History in its callback list after its own callbacks (validation,
-    epoch statistics) and before the user's: each epoch's logs are appended there, complete."""
+class History:
+    """Per-epoch metrics: ``history.history["loss"]``, ``["val_accuracy"]``, ... and ``epochs``."""
 
     def __init__(self) -> None:
         self.history: dict[str, list[float]] = {}
@@ -28,9 +24,6 @@ class History(Callback):
         for key, values in self.history.items():
             if len(values) < len(self.epochs):
                 values.append(math.nan)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        self.append(epoch + 1, logs)
 
     def __getitem__(self, key: str) -> list[float]:
         return self.history[key]

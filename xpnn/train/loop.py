@@ -1,8 +1,8 @@
 """The training loop: ``fit``, ``evaluate``, ``predict``.
 
 Inside a training step nothing crosses to the host: the loss and the count of correct
-predictions are summed on the device, and read back only when the progress bar refreshes
-(every ``SYNC_SECONDS`` at most) and at the end of an epoch. Those reads also check the loss
+predictions are summed on the device, and read back only at a sync (every ``SYNC_SECONDS`` at
+most, when the progress bar refreshes) and at the end of an epoch. Those reads also check the loss
 for NaN/inf, naming the first bad batch. Callbacks (:mod:`.callbacks`) are the only way out
 of the loop: writing checkpoints is one (:mod:`.checkpoint`), so the loop does not import the
 file format. In a data-parallel job the strategy of :func:`xpnn.distributed.active` shards the
@@ -25,7 +25,8 @@ from .callbacks import Callback, call_each
 from .history import History
 from .inputs import checked_data, checked_inputs, host_array
 from .monitor import Meter, check_finite_state, out_of_memory_error
-from .progress import EpochLine, EpochStatistics, ProgressBar, Validation
+from .progress import EpochLine, EpochStatistics, HistoryRecorder, ProgressBar, Validation
+from .session import TrainingSession
 from .weights import sample_weights
 
 __all__ = ["fit", "evaluate", "predict", "SYNC_SECONDS"]
@@ -93,7 +94,7 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
 class _Run:
     """What every epoch of one ``fit`` uses, set up once: the trained parameters (frozen ones get no
     gradient and no update), the batches, the data-parallel strategy (or None) and the callbacks,
-    fit's own first (:mod:`.progress`), then the History, then the user's."""
+    fit's own first (:mod:`.progress`, the History's recording among them), then the user's."""
 
     model: Any
     loss: Loss
@@ -111,7 +112,7 @@ def _set_up(model: Any, x: Any, y: Any, *, loss: Any, optimizer: Any, epochs: in
             scale: Any, transform: Any, initial_epoch: int, class_weight: Any, sample_weight: Any) -> _Run:
     """Check everything before any step (arguments, data, weights, validation data, the dtype
     policy), then fill the model's training session and build the loader and the callback list."""
-    session = model.session
+    session = _session(model, "fit")
     loss = get_loss(loss if loss is not None else session.loss or "cross_entropy")
     optimizer = get_optimizer(optimizer) if optimizer is not None else (session.optimizer or SGD(lr=0.01))
     policy = precision.dtype_policy()
@@ -153,7 +154,7 @@ def _set_up(model: Any, x: Any, y: Any, *, loss: Any, optimizer: Any, epochs: in
         run = _evaluate_checked if strategy is None else functools.partial(strategy.evaluate, run=_evaluate_checked)
         own.append(Validation(val, functools.partial(run, loss=loss, batch_size=max(batch_size, 256), scale=scale),
                               epochs, verbose))
-    own += [EpochStatistics(optimizer, samples), session.history]
+    own += [EpochStatistics(optimizer, samples), HistoryRecorder(session.history)]
     if verbose == 2:
         own.append(EpochLine(epochs))
     everything = [*own, *callbacks]
@@ -198,6 +199,15 @@ def _run_epoch(run: _Run, epoch: int) -> dict[str, float]:
     return logs
 
 
+def _session(model: Any, caller: str) -> TrainingSession:
+    """The model's training session; TypeError for a bare composition of layers, which has none."""
+    session = getattr(model, "session", None)
+    if not isinstance(session, TrainingSession):
+        raise TypeError(f"{caller} needs an xpnn.Sequential model (layers plus a training session), got "
+                        f"{type(model).__module__}.{type(model).__qualname__}; wrap layers in xpnn.Sequential([...])")
+    return session
+
+
 def _train_step(model: Any, loss: Loss, optimizer: Any, params: list[Any], strategy: Any, meter: Meter,
                 xb: Any, yb: Any, *weight: Any) -> None:
     """Forward, loss, backward, update, and the metric sums of one batch. A function of its own, so
@@ -219,9 +229,10 @@ def evaluate(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, ba
              scale: Any = None) -> dict[str, float]:
     """Mean loss (and accuracy for classification) of ``model`` on ``(x, y)`` in eval mode; the loss
     is unweighted: ``class_weight`` and ``sample_weight`` are for training only (as Keras' ``val_loss``)."""
-    if loss is None and model.session.loss is None:
+    session = _session(model, "evaluate")
+    if loss is None and session.loss is None:
         raise ValueError("evaluate needs a loss: pass loss=..., or fit the model first")
-    loss = get_loss(loss if loss is not None else model.session.loss)
+    loss = get_loss(loss if loss is not None else session.loss)
     x_data, y_data = checked_data(model, x, y, loss, ("x", "y"))
     return _evaluate_checked(model, x_data, y_data, loss=loss, batch_size=batch_size, scale=scale)
 

@@ -1,7 +1,7 @@
-"""The callbacks ``fit`` puts in front of the user's: validation, the epoch's statistics (time,
-rate, learning rate), the progress bar and the one-line-per-epoch log. They see the loop only
-through the :class:`~.callbacks.Callback` hooks, as the user's callbacks do; the History (a
-callback too) follows them, so every callback after it sees the epoch's full logs."""
+"""The callbacks ``fit`` puts in front of the user's: the progress bar, validation, the epoch's
+statistics (time, rate, learning rate), the History's recording and the one-line-per-epoch log.
+They see the loop only through the :class:`~.callbacks.Callback` hooks, as the user's callbacks
+do, and every callback after them sees the epoch's full logs, already in the History."""
 from __future__ import annotations
 
 import math
@@ -11,9 +11,10 @@ from typing import Any, Callable
 
 from ..errors import TrainingDivergedError
 from .callbacks import Callback
+from .history import History
 from .monitor import DIVERGED_ADVICE
 
-__all__ = ["Validation", "EpochStatistics", "ProgressBar", "EpochLine"]
+__all__ = ["Validation", "EpochStatistics", "ProgressBar", "HistoryRecorder", "EpochLine"]
 
 
 def format_logs(logs: dict[str, float]) -> str:
@@ -88,6 +89,17 @@ class ProgressBar(Callback):
         self.bar.set_postfix_str(format_logs(logs), refresh=False)
         self.bar.update(seen - self.bar.n)
         self.bar.close()
+
+
+class HistoryRecorder(Callback):
+    """Appends each epoch's logs to ``history`` (the model's; a callback of its own, so the History
+    the model keeps holds no reference back to the model)."""
+
+    def __init__(self, history: History) -> None:
+        self.history = history
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.history.append(epoch + 1, logs)
 
 
 class EpochLine(Callback):

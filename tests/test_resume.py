@@ -99,10 +99,14 @@ def test_early_stopping_refuses_a_damaged_state_and_keeps_its_own():
 def test_the_cli_checkpoint_is_the_library_one(tmp_path):
     from xpnn.cli.run_folder import RunCheckpoint
     checkpoint = RunCheckpoint(tmp_path, {"model": "mlp"}, initial_epoch=0)
-    assert isinstance(checkpoint, xpnn.ModelCheckpoint) and checkpoint.save_initial
+    assert isinstance(checkpoint, xpnn.ModelCheckpoint)
     xpnn.seed(2)
-    _fit(_model(), [checkpoint], 1)
-    assert xpnn.load(tmp_path / "checkpoint.npz").metadata["epoch"] == 1 and (tmp_path / "history.csv").is_file()
+    model = _model()
+    model.optimizer, model.history = optim.SGD(lr=0.1), xpnn.History()
+    checkpoint.write(0, {}, model)  # the initial weights, before fit, as `xpnn train` writes them
+    assert xpnn.load(tmp_path / "checkpoint.npz").metadata["epoch"] == 0 and (tmp_path / "history.csv").is_file()
+    _fit(model, [checkpoint], 1)
+    assert xpnn.load(tmp_path / "checkpoint.npz").metadata["epoch"] == 1 and checkpoint.saved_epoch == 1
 
 
 def test_info_describes_the_best_weights_a_checkpoint_keeps(tmp_path, capsys):

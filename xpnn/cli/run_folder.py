@@ -56,17 +56,17 @@ def output_folder(args: argparse.Namespace) -> Path:
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """The library's checkpoint (:class:`xpnn.ModelCheckpoint`) of a run folder: after every epoch,
-    and before the first one of a new run, also the history files beside it. ``saved_epoch`` starts
-    at ``initial_epoch``: the checkpoint already on disk when a run resumes."""
+    """The library's checkpoint (:class:`xpnn.ModelCheckpoint`) of a run folder, with the history
+    files beside it at every write. ``saved_epoch`` starts at ``initial_epoch``: the checkpoint on
+    disk when a run resumes, or the initial weights a new run writes before it starts."""
 
     def __init__(self, out: Path, metadata: dict[str, Any], initial_epoch: int,
                  callbacks: dict[str, Any] | None = None) -> None:
-        super().__init__(out / CHECKPOINT_FILE, callbacks=callbacks, metadata=metadata, save_initial=True)
+        super().__init__(out / CHECKPOINT_FILE, callbacks=callbacks, metadata=metadata)
         self.out, self.saved_epoch = out, initial_epoch
 
-    def write(self, epoch: int, logs: dict[str, float]) -> None:
-        super().write(epoch, logs)
+    def write(self, epoch: int, logs: dict[str, float], model: Any = None) -> None:
+        super().write(epoch, logs, model)
         _write_history(self.model.history, self.out)
 
 

@@ -147,8 +147,9 @@ def _train(args: argparse.Namespace) -> int:
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise CLIError(f"{out / CHECKPOINT_FILE}: the saved training state (random-generator state, history or "
                            f"--plateau counters) is damaged ({type(exc).__name__}: {exc})") from exc
-    else:
-        model.history = History()  # what an interruption before the first epoch reports
+    else:  # the initial weights, so that a run stopped before its first epoch ends can resume
+        model.optimizer, model.history = optimizer, History()
+        checkpoint.write(0, {}, model)
     run = run_record(out, args, settings, metadata, device, started)
     frozen = model.count_params(trainable=False)
     print(f"xpnn {__version__}: training {settings['model']} ({model.count_params():,} parameters"

@@ -24,14 +24,14 @@ class ModelCheckpoint(Callback):
     logs, the History, the host random generator's state and the state of each callback named
     in ``callbacks`` (``{name: callback}``, each with ``state_dict()``/``load_state_dict()``,
     such as EarlyStopping and ReduceLROnPlateau), plus ``metadata``. Put it after those callbacks
-    in fit's list, so it saves what they did this epoch. ``save_initial=True`` also writes the
-    weights before the first epoch of a run that starts at epoch 0. :meth:`resume` reads the file
-    back so that ``fit(..., initial_epoch=epoch)`` continues the run bit for bit.
+    in fit's list, so it saves what they did this epoch. :meth:`write` saves at any time (before
+    the first epoch: the initial weights); :meth:`resume` reads the file back so that
+    ``fit(..., initial_epoch=epoch)`` continues the run bit for bit.
     """
 
     def __init__(self, path: "str | os.PathLike[str]", monitor: str = "val_loss", save_best_only: bool = False,
                  mode: str = "auto", callbacks: Mapping[str, Any] | None = None,
-                 metadata: Mapping[str, Any] | None = None, save_initial: bool = False) -> None:
+                 metadata: Mapping[str, Any] | None = None) -> None:
         self.path, self.monitor, self.save_best_only = Path(path), monitor, save_best_only
         self.mode = mode_for(monitor, mode)
         self.best = math.inf if self.mode == "min" else -math.inf
@@ -41,13 +41,8 @@ class ModelCheckpoint(Callback):
                 raise TypeError(f"ModelCheckpoint: callback {name!r} ({type(callback).__name__}) has no "
                                 f"state_dict()/load_state_dict() to save and resume")
         self.metadata = dict(metadata or {})
-        self.save_initial = save_initial
         #: the number of epochs the file on disk has seen (0: the initial weights), None before a write
         self.saved_epoch: int | None = None
-
-    def on_train_begin(self, logs: dict[str, Any]) -> None:
-        if self.save_initial and logs.get("initial_epoch", 0) == 0:
-            self.write(0, {})
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.save_best_only:
@@ -57,8 +52,12 @@ class ModelCheckpoint(Callback):
             self.best = value
         self.write(epoch + 1, logs)
 
-    def write(self, epoch: int, logs: dict[str, float]) -> None:
-        """Write the checkpoint of the model after ``epoch`` epochs (rank 0 only)."""
+    def write(self, epoch: int, logs: dict[str, float], model: Any = None) -> None:
+        """Write the checkpoint of ``model`` (default: the one ``fit`` trains) after ``epoch`` epochs,
+        rank 0 only. Before ``fit``, ``write(0, {}, model)`` keeps the initial weights, with the
+        optimizer set as ``model.optimizer``, so that a run stopped in its first epoch can resume."""
+        if model is not None:
+            self.model = model
         if not distributed.is_main():
             return
         history = self.model.history

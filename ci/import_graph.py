@@ -11,9 +11,8 @@ import-time edge; one inside a function or method is a late edge, taken when the
 
 The layers below are DESIGN.md's picture, bottom first. The package root ``xpnn/__init__.py``
 sits at the bottom: it holds ``__version__`` and imports no xpnn module (its public names are
-resolved by name on first use). An arrow must point to the same layer or
-a lower one, with one declared exception (:data:`DELEGATIONS`); both graphs, import-time and
-import-time plus late, must have no cycle. Exit status 1 if either rule is broken.
+resolved by name on first use). An arrow, import-time or late, must point to the same layer or
+a lower one; both graphs, import-time and import-time plus late, must have no cycle. Exit status 1 if either rule is broken.
 """
 from __future__ import annotations
 
@@ -32,18 +31,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                                          "xpnn.data", "xpnn.datasets")),
     ("layers", ("xpnn.layers",)),
     ("losses, optimizers", ("xpnn.losses", "xpnn.optim")),
+    ("distributed", ("xpnn.distributed",)),
+    ("training loop", ("xpnn.train.loop", "xpnn.train.session", "xpnn.train.callbacks", "xpnn.train.progress",
+                       "xpnn.train.history", "xpnn.train.inputs", "xpnn.train.monitor", "xpnn.train.weights")),
     ("model", ("xpnn.model", "xpnn.zoo")),
     ("model files", ("xpnn.io", "xpnn.onnx_export")),
-    ("distributed", ("xpnn.distributed",)),
-    ("training", ("xpnn.train",)),
+    ("training", ("xpnn.train", "xpnn.train.checkpoint")),
     ("command line", ("xpnn.cli", "xpnn.__main__")),
 )
 
-#: Late edges allowed to point up, and why.
-DELEGATIONS = {
-    ("xpnn.layers.container", "xpnn.train.loop"):
-        "Sequential.fit/evaluate/predict hand the model to the training loop when called",
-}
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -160,8 +156,7 @@ def report(show_edges: bool = False, root: Path = ROOT) -> int:
     import_time = {(a, b) for a, b, late in found if not late}
     everything = {(a, b) for a, b, _ in found}
     up = sorted((a, b, late) for a, b, late in found
-                if layer_of(b) > layer_of(a) and (a, b) not in DELEGATIONS)
-    delegated = sorted((a, b) for a, b, late in found if (a, b) in DELEGATIONS and late)
+                if layer_of(b) > layer_of(a))
     cycles_now, cycles_late = cycles(set(modules), import_time), cycles(set(modules), everything)
     lines = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in modules.items()}
 
@@ -187,8 +182,6 @@ def report(show_edges: bool = False, root: Path = ROOT) -> int:
     print(f"arrows pointing up: {len(up)}")
     for a, b, late in up:
         print(f"  {a} ({LAYERS[layer_of(a)][0]}) -> {b} ({LAYERS[layer_of(b)][0]}){' (late)' if late else ''}")
-    for a, b in delegated:
-        print(f"declared late delegation: {a} -> {b}: {DELEGATIONS[a, b]}")
     for name in unplaced:
         print(f"not in any layer: {name}")
     return 1 if cycles_now or cycles_late or up or unplaced else 0

@@ -11,7 +11,8 @@ import pytest
 import xpnn
 from xpnn import backend, layers, optim, zoo
 from xpnn.errors import ModelFileError, ShapeError
-from xpnn.layers import Residual, Sequential
+from xpnn.layers import Residual
+from xpnn.model import Sequential
 from xpnn.testing import check_layer_gradients
 
 DATA = Path(__file__).parent / "data"
@@ -169,6 +170,41 @@ def test_the_input_shape_is_known_where_the_layers_fix_it(rng):
     with pytest.raises(ShapeError):  # a call that fails records nothing
         fresh(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
     assert fresh.input_shape is None
+
+
+def test_the_composition_holds_children_and_the_model_its_training_session(rng, tmp_path):
+    """layers.Sequential (a Residual's body) knows no training; xpnn.Sequential keeps what training
+    leaves in one typed TrainingSession, read through model.loss, .optimizer, .history, .metadata."""
+    body = small_resnet().layers[4].body
+    assert type(body) is layers.Sequential and not isinstance(body, Sequential)
+    for name in ("fit", "evaluate", "predict", "loss", "optimizer", "history", "metadata", "session", "build"):
+        assert not hasattr(body, name), name
+    model = small_resnet()
+    assert isinstance(model.session, xpnn.train.TrainingSession) and model.metadata == {}
+    assert model.loss is None and model.history is None and model.stop_training is False
+    x, y = _data(rng)
+    history = model.fit(x, y, optimizer="adam", epochs=1, batch_size=8, verbose=0)
+    assert model.session.history is history is model.history and model.session.optimizer is model.optimizer
+    assert type(model.session.loss).__name__ == "CrossEntropy" and model.session.input_shape == (1, 6, 6)
+    loaded = xpnn.load(xpnn.save(model, tmp_path / "m.npz", metadata={"note": 1}))
+    assert type(loaded) is Sequential and type(loaded.layers[4].body) is layers.Sequential
+    assert loaded.session.metadata == {"note": 1} and loaded.session.input_shape == (1, 6, 6)
+
+
+def test_evaluate_and_predict_leave_the_recorded_input_shape(rng):
+    """Checking a shape records nothing: the shape the model was built for stays after evaluating
+    or predicting on other images it accepts; an explicit build records."""
+    model = zoo.resnet((1, 8, 8), 3, widths=(2, 2, 2, 2))
+    x, y = _data(rng)  # 6x6 images: the network ends in a global average pool, so any size fits
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    model.evaluate(x, y)
+    model.predict(x)
+    assert model.input_shape == (1, 8, 8)
+    fresh = small_resnet()
+    fresh.fit(x, y, epochs=1, batch_size=8, verbose=0)  # the first fit records what it trained on
+    fresh.predict(rng.standard_normal((2, 1, 9, 9)).astype(np.float32))
+    assert fresh.input_shape == (1, 6, 6)
+    assert fresh.build((1, 9, 9)) == (1, 3) and fresh.input_shape == (1, 9, 9)
 
 
 def test_summary_shows_the_tree_and_trainable_counts():

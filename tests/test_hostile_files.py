@@ -372,7 +372,7 @@ def test_resume_from_damaged_checkpoint_or_run_record(checkpoint, tmp_path, caps
         rewrite(checkpoint, run / "checkpoint.npz", damage)
         code = cli.main(["train", "--resume", str(run), "--epochs", "3", "--device", "cpu"])
         err = capsys.readouterr().err
-        assert code == 2 and "random-generator state or history is damaged" in err and err.count("\n") == 1, err
+        assert code == 2 and "random-generator state, history or --plateau counters) is damaged" in err and err.count("\n") == 1, err
     rewrite(checkpoint, run / "checkpoint.npz")
     (run / "run.json").write_text('{"commands": [')
     code = cli.main(["train", "--resume", str(run), "--epochs", "3", "--device", "cpu"])

@@ -146,6 +146,59 @@ def test_progress_bar_shows_loss_accuracy_and_rate(capsys):
     assert "epoch 1/1" in err and "samples/s" in err and "loss" in err and "accuracy" in err
 
 
+def test_fit_runs_its_own_callbacks_in_the_list_before_the_users(monkeypatch):
+    """Progress, validation, epoch statistics and the History are callbacks: a user's callback sees
+    every sync, the end of the steps (also when one raised) and complete logs already in the History."""
+    from xpnn.train import loop
+    monkeypatch.setattr(loop, "SYNC_SECONDS", 0.0)  # a sync after every step
+    calls = []
+
+    class Spy(xpnn.Callback):
+        def on_sync(self, epoch, seen, logs):
+            calls.append(("sync", epoch, seen, sorted(logs)))
+
+        def on_steps_end(self, epoch, seen, logs):
+            calls.append(("steps_end", epoch, seen))
+
+        def on_epoch_end(self, epoch, logs):
+            calls.append(("end", epoch, list(logs)[:4], self.model.history.epochs[-1]))
+
+    x, y = teacher_task(64, features=8)
+    tutorial_mlp(8).fit(x, y, loss="bce", optimizer=optim.SGD(lr=0.05), epochs=2, batch_size=32,
+                        validation_data=(x[:16], y[:16]), verbose=0, callbacks=[Spy()])
+    first = [c for c in calls if c[1] == 0]
+    assert first == [("sync", 0, 32, ["accuracy", "loss"]), ("sync", 0, 64, ["accuracy", "loss"]),
+                     ("sync", 0, 64, ["accuracy", "loss"]), ("steps_end", 0, 64),
+                     ("end", 0, ["loss", "accuracy", "val_loss", "val_accuracy"], 1)]
+    assert calls[-1][:2] == ("end", 1) and calls[-1][3] == 2
+
+    class Interrupt(xpnn.Callback):
+        def on_sync(self, epoch, seen, logs):
+            raise KeyboardInterrupt
+
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        tutorial_mlp(8).fit(x, y, loss="bce", epochs=1, batch_size=32, verbose=0, callbacks=[Interrupt(), Spy()])
+    assert calls == [("steps_end", 0, 32)]
+
+
+def test_a_trained_model_is_freed_without_the_cycle_collector():
+    """The History the model keeps is recorded by a callback of fit's, so it holds no reference back
+    to the model: dropping the last reference frees the model (and its device memory) at once."""
+    import gc
+    import weakref
+    x, y = teacher_task(64, features=8)
+    model = tutorial_mlp(8)
+    model.fit(x, y, loss="bce", optimizer="adam", epochs=2, batch_size=32, validation_data=(x, y), verbose=0)
+    gc.disable()
+    try:
+        gone = weakref.ref(model)
+        del model
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
 def test_verbose_2_prints_one_line_per_epoch(capsys):
     x, y = teacher_task(64, features=8)
     tutorial_mlp(8).fit(x, y, loss="bce", optimizer=optim.SGD(lr=0.05), epochs=2, batch_size=32, verbose=2)

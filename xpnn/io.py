@@ -24,7 +24,7 @@ from . import __version__, backend, precision
 from .errors import DataError, ModelFileError
 from .init import placeholders
 from .files import atomic_write, json_text
-from .layers.base import LoadReport, join_path, layer_from_spec, layer_spec
+from .layers.base import LoadReport, join_path, layer_spec
 from .losses import get_loss
 from .model import Sequential
 from .optim import get_optimizer
@@ -80,6 +80,9 @@ def save(model: Sequential, path: "str | os.PathLike[str]", *, optimizer: Any = 
     ``metadata`` is any JSON-able dict (training settings, epoch, metrics); it comes back in
     ``model.metadata`` after :func:`load`.
     """
+    if not isinstance(model, Sequential):
+        kind = f"{type(model).__module__}.{type(model).__qualname__}"
+        raise TypeError(f"save needs an xpnn.Sequential model, got {kind}; wrap layers in xpnn.Sequential([...])")
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
@@ -345,7 +348,7 @@ def _rebuild(archive: _Archive, device: "backend.Device | str | None") -> Sequen
     target = backend.resolve(device)
     try:
         with backend.use_device(target), backend.preserved_rng(), placeholders(archive.weight_bytes()):
-            return layer_from_spec(_architecture(archive))  # type: ignore[return-value]
+            return Sequential.from_config(_architecture(archive)["config"])
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as exc:
         raise archive.error(f"cannot rebuild the architecture: {exc}") from exc
 

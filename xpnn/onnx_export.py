@@ -44,6 +44,7 @@ from . import __version__, backend
 from .files import atomic_write
 from .layers import (GELU, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dropout, Flatten, GlobalAvgPool2D, LeakyReLU,
                      Linear, MaxPool2D, ReLU, Residual, Sigmoid, Softmax, Tanh)
+from .layers import container
 from .layers.base import join_path
 from .losses import BinaryCrossEntropy, CrossEntropy
 from .model import Sequential
@@ -156,7 +157,7 @@ def _pads(pads: tuple[tuple[int, int], tuple[int, int]]) -> list[int]:
 # --------------------------------------------------------------------------- containers
 
 
-@exporter(Sequential)
+@exporter(Sequential, container.Sequential)
 def _sequential(model: Any, graph: _Graph, x: str, path: str) -> str:
     """Children in their declared order. (Sequential may run a ReLU after the MaxPool2D that
     follows it, for speed; the two commute, so the declared order gives the same result.)"""
@@ -292,7 +293,7 @@ def _probabilities(graph: _Graph, logits: str, activation: str, output_shape: tu
 
 def _metadata(model: Sequential, input_shape: tuple[int, ...], outputs: dict[str, str], activation: str | None,
               classes: Any, preprocessing: Any, cast_from: str | None, opset: int) -> dict[str, str]:
-    meta = getattr(model, "metadata", None) or {}
+    meta = model.metadata
     classes = classes if classes is not None else meta.get("classes")
     preprocessing = preprocessing if preprocessing is not None else meta.get("input")
     props = {
@@ -349,9 +350,7 @@ def export_onnx(model: Sequential, path: "str | os.PathLike[str]", opset: int = 
     if not isinstance(model, Sequential):
         raise TypeError(f"export_onnx needs an xpnn Sequential model, got {type(model).__name__}")
     sample_shape = _input_shape(model, input_shape)
-    built = model.input_shape
-    output_shape = model.build(sample_shape)
-    model.input_shape = built
+    output_shape = model.output_shape((1, *sample_shape))  # checks the shape; records nothing
     activation = _fused_activation(model.loss, output_shape)
 
     graph = _Graph(onnx, opset)

@@ -17,7 +17,7 @@ from .reporting import model_scores, write_confusion
 def cmd_evaluate(args: argparse.Namespace) -> int:
     device, _ = select_device(args.device)
     model = load_model(args.model, device)
-    meta = model.metadata or {}
+    meta = model.metadata
     trained_on = (meta.get("settings") or {}).get("data")
     if args.data is None and trained_on is None:
         raise CLIError("pass --data: this model file does not say what data it was trained on")

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ..files import json_text
 from ..io import load_checkpoint
@@ -20,7 +23,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                           "input_shape": model.input_shape, "loss": model.loss.describe() if model.loss else None,
                           "optimizer": None if optimizer is None else {"type": type(optimizer).__name__,
                                                                        "config": optimizer.config()},
-                          "metadata": {k: v for k, v in meta.items() if k != "rng_state"}}, indent=1))
+                          "metadata": _described({k: v for k, v in meta.items() if k != "rng_state"})}, indent=1))
         return 0
     print(f"{args.model}")
     if model.input_shape:
@@ -53,3 +56,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     if meta.get("versions"):
         print("versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     return 0
+
+
+def _described(tree: Any) -> Any:
+    """``tree`` with each array (a checkpoint's EarlyStopping keeps the best weights) as its dtype and shape."""
+    if isinstance(tree, dict):
+        return {k: _described(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_described(v) for v in tree]
+    if isinstance(tree, np.ndarray):
+        return f"array {tree.dtype} {tuple(tree.shape)}"
+    return tree

@@ -18,7 +18,7 @@ from .settings import SETTING_CHECKS, is_int, is_number
 def check_metadata(path: "str | Path", model: Any, checkpoint: bool = False) -> dict[str, Any]:
     """The metadata ``xpnn train`` writes, checked field by field (a file is untrusted input);
     ``checkpoint=True`` also requires what resuming needs. Returns it; raises CLIError naming the file."""
-    meta = getattr(model, "metadata", None) or {}
+    meta = model.metadata
 
     def need(ok: bool, what: str) -> None:
         if not ok:
@@ -84,7 +84,7 @@ def _shown(value: Any) -> str:
 
 def input_spec(model: Any) -> dict[str, Any]:
     """How images must be loaded for ``model``: from its metadata, else guessed from its input shape."""
-    meta = getattr(model, "metadata", None) or {}
+    meta = model.metadata
     if "input" in meta:
         return meta["input"]
     if not model.input_shape or len(model.input_shape) != 3:
@@ -95,7 +95,7 @@ def input_spec(model: Any) -> dict[str, Any]:
 
 
 def class_names(model: Any) -> list[str]:
-    meta = getattr(model, "metadata", None) or {}
+    meta = model.metadata
     if "classes" in meta:
         return list(meta["classes"])
     outputs = model.output_shapes()[-1][-1]

@@ -15,8 +15,7 @@ from typing import Any
 
 from .. import backend
 from ..files import write_json
-from ..io import save
-from ..train import Callback, History
+from ..train import History, ModelCheckpoint
 from .errors import CLIError
 from .reporting import write_report
 
@@ -56,23 +55,18 @@ def output_folder(args: argparse.Namespace) -> Path:
     return out
 
 
-class RunCheckpoint(Callback):
-    """After every epoch: model, optimizer state, host RNG state, epoch, history and the state of
-    ``callbacks`` (name: a callback with ``state_dict()``, such as ReduceLROnPlateau), atomically.
-    It must come after those callbacks in fit's list, so it saves what they did this epoch."""
+class RunCheckpoint(ModelCheckpoint):
+    """The library's checkpoint (:class:`xpnn.ModelCheckpoint`) of a run folder, with the history
+    files beside it at every write. ``saved_epoch`` starts at ``initial_epoch``: the checkpoint on
+    disk when a run resumes, or the initial weights a new run writes before it starts."""
 
-    def __init__(self, path: Path, optimizer: Any, metadata: dict[str, Any], out: Path,
+    def __init__(self, out: Path, metadata: dict[str, Any], initial_epoch: int,
                  callbacks: dict[str, Any] | None = None) -> None:
-        self.path, self.optimizer, self.metadata, self.out = path, optimizer, metadata, out
-        self.callbacks = dict(callbacks or {})
-        self.saved_epoch = int(metadata.get("epoch", 0))
+        super().__init__(out / CHECKPOINT_FILE, callbacks=callbacks, metadata=metadata)
+        self.out, self.saved_epoch = out, initial_epoch
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        states = {"callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()}} if self.callbacks else {}
-        save(self.model, self.path, optimizer=self.optimizer,
-             metadata={**self.metadata, "epoch": epoch + 1, "history": self.model.history.to_dict(),
-                       "rng_state": backend.rng_state(), **states})
-        self.saved_epoch = epoch + 1
+    def write(self, epoch: int, logs: dict[str, float], model: Any = None) -> None:
+        super().write(epoch, logs, model)
         _write_history(self.model.history, self.out)
 
 

@@ -85,19 +85,12 @@ def _optimizer(settings: dict[str, Any]) -> Any:
     return optimizer
 
 
-def _plateau(settings: dict[str, Any], validation: Any, meta: dict[str, Any] | None, path: Path) -> Any:
-    """--plateau's ReduceLROnPlateau (None without it), its counters loaded from the checkpoint when resuming."""
+def _plateau(settings: dict[str, Any], validation: Any) -> Any:
+    """--plateau's ReduceLROnPlateau (None without it); a resumed run loads its counters from the checkpoint."""
     if settings["plateau"] is None:
         return None
     from ..train import ReduceLROnPlateau
-    plateau = ReduceLROnPlateau(monitor="loss" if validation is None else "val_loss", patience=settings["plateau"])
-    if meta is not None:
-        saved = meta.get("callbacks")
-        try:
-            plateau.load_state_dict(saved.get("plateau") if isinstance(saved, dict) else None)
-        except ValueError as exc:
-            raise CLIError(f"{path}: the saved --plateau state is damaged ({one_line(exc)})") from exc
-    return plateau
+    return ReduceLROnPlateau(monitor="loss" if validation is None else "val_loss", patience=settings["plateau"])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -126,12 +119,6 @@ def _train(args: argparse.Namespace) -> int:
     data, (x_train, y_train), validation, (x_test, y_test) = training_data(settings)
     if args.resume:
         check_fits(model, data, x_train)
-        try:
-            backend.set_rng_state(meta["rng_state"])
-            model.history = History.from_dict(meta["history"])
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise CLIError(f"{out / CHECKPOINT_FILE}: the saved random-generator state or history is damaged "
-                           f"({type(exc).__name__}: {exc})") from exc
     else:
         from ..losses import get_loss
         model = zoo.build(settings["model"], x_train.shape[1:], len(data.classes))
@@ -145,7 +132,7 @@ def _train(args: argparse.Namespace) -> int:
     if settings["class_weight"] is not None:
         from ..train.weights import sample_weights
         sample_weight = sample_weights(model.loss, y_train, (1, len(data.classes)), settings["class_weight"])
-    plateau = _plateau(settings, validation, meta if args.resume else None, out / CHECKPOINT_FILE)
+    plateau = _plateau(settings, validation)
     if not args.resume:
         out.mkdir(parents=True, exist_ok=True)
     metadata = {"model": settings["model"], "classes": data.classes, "settings": settings,
@@ -154,11 +141,16 @@ def _train(args: argparse.Namespace) -> int:
                 "data": {"source": data.source, "train": len(x_train),
                          "validation": 0 if validation is None else len(validation[0]), "test": len(x_test)},
                 "versions": library_versions(), "init_from": meta.get("init_from") if args.resume else init}
-    checkpoint = RunCheckpoint(out / CHECKPOINT_FILE, optimizer, {**metadata, "epoch": initial_epoch}, out,
-                               callbacks={} if plateau is None else {"plateau": plateau})
-    if not args.resume:
-        checkpoint.model, model.history = model, History()
-        checkpoint.on_epoch_end(-1, {})
+    checkpoint = RunCheckpoint(out, metadata, initial_epoch, callbacks={} if plateau is None else {"plateau": plateau})
+    if args.resume:
+        try:
+            checkpoint.restore(model, optimizer, meta)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CLIError(f"{out / CHECKPOINT_FILE}: the saved training state (random-generator state, history or "
+                           f"--plateau counters) is damaged ({type(exc).__name__}: {exc})") from exc
+    else:  # the initial weights, so that a run stopped before its first epoch ends can resume
+        model.optimizer, model.history = optimizer, History()
+        checkpoint.write(0, {}, model)
     run = run_record(out, args, settings, metadata, device, started)
     frozen = model.count_params(trainable=False)
     print(f"xpnn {__version__}: training {settings['model']} ({model.count_params():,} parameters"

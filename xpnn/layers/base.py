@@ -219,9 +219,12 @@ class Layer:
     path: str = ""
     _trainable: bool = True
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
+        """Make the subclass loadable from model files under its name; ``register=False`` for a
+        subclass that is saved as its base (``xpnn.Sequential`` is a ``layers.Sequential`` on disk)."""
         super().__init_subclass__(**kwargs)
-        _REGISTRY[cls.__name__] = cls
+        if register:
+            _REGISTRY[cls.__name__] = cls
 
     def __call__(self, x: Any, train: bool = False, input_grad: bool = True) -> tuple[Any, Backprop]:
         """Check ``x``'s shape, then run ``forward``. ``input_grad=False`` lets backprop skip dx."""

@@ -37,6 +37,8 @@ class Sequential(Layer):
     Its parameters are named by dotted path (``"0.weight"``, ``"3.body.0.weight"``), the keys of
     :meth:`state_dict` and of optimizer state. ``checkpoint=True`` trades compute for memory: in
     training it keeps only its input for backward and runs again inside it (:func:`checkpointed`).
+    It holds its children and nothing else: the network you train, with ``fit`` and the
+    training session (loss, optimizer, history), is :class:`xpnn.Sequential`, built on this one.
     """
 
     def __init__(self, layers: Iterable[Layer], checkpoint: bool = False) -> None:
@@ -52,13 +54,6 @@ class Sequential(Layer):
         self.checkpoint = _flag(checkpoint, "Sequential")
         self._order = _execution_order(self.layers)
         self._name_tree()
-        #: one sample's shape (no batch axis), where something fixes it: the layers themselves
-        #: (see :meth:`_fixed_input_shape`), ``build`` (zoo builders, ``fit``, ``predict``, a model file) or
-        #: the first call; None until then. ONNX export and ``summary`` use it.
-        self.input_shape: tuple[int, ...] | None = self._fixed_input_shape()
-        self.loss: Any = None
-        self.optimizer: Any = None
-        self.history: Any = None
 
     def children(self) -> list[tuple[str, Layer]]:
         return [(str(index), layer) for index, layer in enumerate(self.layers)]
@@ -71,8 +66,6 @@ class Sequential(Layer):
         device = self._check_input(x)
         with backend.native_device_context(device):
             y, backprop = self.forward(x, train=train, input_grad=input_grad)
-        if self.input_shape is None:  # the shape that just ran, for export and summary
-            self.input_shape = tuple(int(d) for d in x.shape[1:])
 
         def backprop_on_device(dy: Any) -> Any:
             with backend.native_device_context(device):
@@ -142,12 +135,11 @@ class Sequential(Layer):
             shape = layer.output_shape(shape)
         return out
 
-    def build(self, sample_shape: Sequence[int], batch_size: int = 1) -> tuple[int, ...]:
-        """Check that every layer accepts the output of the one before, for samples of ``sample_shape``
-        (without the batch axis); remember it for :meth:`summary`. Returns the output shape."""
-        shape = self.output_shape((batch_size, *(int(d) for d in sample_shape)))
-        self.input_shape = tuple(int(d) for d in sample_shape)
-        return shape
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """One sample's shape (no batch axis) where the layers fix it (:meth:`_fixed_input_shape`),
+        else None. A composition remembers nothing; :class:`xpnn.Sequential` records a shape."""
+        return self._fixed_input_shape()
 
     def output_shapes(self, sample_shape: Sequence[int] | None = None) -> list[tuple[int, ...]]:
         """The output shape of each child, for a batch of one sample of ``sample_shape``."""
@@ -246,23 +238,6 @@ class Sequential(Layer):
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer).replace("\n", "\n  ") for layer in self.layers)
         return f"Sequential([\n  {inner}\n])"
-
-    # ---- training (xpnn.train does the work; imported on use, since it sits above the layers) ----
-
-    def fit(self, x: Any, y: Any, **kwargs: Any) -> Any:
-        """Train; see :func:`xpnn.train.fit` for the arguments. Returns the History."""
-        from ..train.loop import fit
-        return fit(self, x, y, **kwargs)
-
-    def evaluate(self, x: Any, y: Any, **kwargs: Any) -> dict[str, float]:
-        """Loss and metrics on ``(x, y)``; see :func:`xpnn.train.evaluate`."""
-        from ..train.loop import evaluate
-        return evaluate(self, x, y, **kwargs)
-
-    def predict(self, x: Any, **kwargs: Any) -> Any:
-        """Model outputs for ``x``, in eval mode, as a NumPy array; see :func:`xpnn.train.predict`."""
-        from ..train.loop import predict
-        return predict(self, x, **kwargs)
 
 
 def _flag(value: Any, owner: str) -> bool:

@@ -75,6 +75,6 @@ def checked_data(model: Any, x: Any, y: Any, loss: Loss, names: tuple[str, str])
     y_data = y if on_models_device(model, y) else host_array(y, names[1])
     y_host = host_array(y_data, names[1])
     check_lengths(range(int(x_data.shape[0])), y_host, *names)  # only the lengths are compared
-    out_shape = model.build(tuple(x_data.shape[1:]), batch_size=int(x_data.shape[0]))
+    out_shape = model.output_shape(tuple(int(d) for d in x_data.shape))  # checks; records nothing
     check_targets(loss, y_host, out_shape, names[1], model.dtype)
     return x_data, y_data

@@ -1,8 +1,8 @@
 """The training loop: ``fit``, ``evaluate``, ``predict``.
 
 Inside a training step nothing crosses to the host: the loss and the count of correct
-predictions are summed on the device, and read back only when the progress bar refreshes
-(every ``SYNC_SECONDS`` at most) and at the end of an epoch. Those reads also check the loss
+predictions are summed on the device, and read back only at a sync (every ``SYNC_SECONDS`` at
+most, when the progress bar refreshes) and at the end of an epoch. Those reads also check the loss
 for NaN/inf, naming the first bad batch. Callbacks (:mod:`.callbacks`) are the only way out
 of the loop: writing checkpoints is one (:mod:`.checkpoint`), so the loop does not import the
 file format. In a data-parallel job the strategy of :func:`xpnn.distributed.active` shards the
@@ -11,40 +11,28 @@ batches and all-reduces the gradients.
 from __future__ import annotations
 
 import functools
-import math
-import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from array_api_compat import array_namespace
 
 from .. import backend, distributed, precision
 from ..data.loader import DataLoader
-from ..errors import TrainingDivergedError
 from ..losses import Loss, get_loss
 from ..optim import SGD, LossScaleOptimizer, get_optimizer
-from .callbacks import Callback
+from .callbacks import Callback, call_each
 from .history import History
 from .inputs import checked_data, checked_inputs, host_array
-from .monitor import DIVERGED_ADVICE, Meter, check_finite_state, out_of_memory_error
+from .monitor import Meter, check_finite_state, out_of_memory_error
+from .progress import EpochLine, EpochStatistics, HistoryRecorder, ProgressBar, Validation
+from .session import TrainingSession
 from .weights import sample_weights
 
 __all__ = ["fit", "evaluate", "predict", "SYNC_SECONDS"]
 
 #: Seconds between reads of the running loss/accuracy (progress bar, NaN check) during an epoch.
 SYNC_SECONDS = 0.25
-
-
-def _progress(verbose: int, total: int, epoch: int, epochs: int) -> Any:
-    if verbose != 1:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit=" samples", unit_scale=True,
-                leave=True, dynamic_ncols=True)
-
-
-def _format(logs: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
 
 
 # --------------------------------------------------------------------------- public loop
@@ -88,8 +76,45 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     wrapped in a :class:`~xpnn.optim.LossScaleOptimizer` (unless it is one), which becomes
     ``model.optimizer``; a policy that cannot run on the model's device raises before training.
     """
-    loss = get_loss(loss if loss is not None else model.loss or "cross_entropy")
-    optimizer = get_optimizer(optimizer) if optimizer is not None else (model.optimizer or SGD(lr=0.01))
+    run = _set_up(model, x, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                  seed=seed, validation_data=validation_data, callbacks=callbacks, verbose=verbose, scale=scale,
+                  transform=transform, initial_epoch=initial_epoch, class_weight=class_weight,
+                  sample_weight=sample_weight)
+    call_each(run.callbacks, "on_train_begin", {"epochs": epochs, "initial_epoch": initial_epoch})
+    for epoch in range(initial_epoch, epochs):
+        logs = _run_epoch(run, epoch)
+        call_each(run.callbacks, "on_epoch_end", epoch, logs)
+        if model.session.stop_training:
+            break
+    call_each(run.callbacks, "on_train_end", {"history": model.session.history})
+    return model.session.history
+
+
+@dataclass
+class _Run:
+    """What every epoch of one ``fit`` uses, set up once: the trained parameters (frozen ones get no
+    gradient and no update), the batches, the data-parallel strategy (or None) and the callbacks,
+    fit's own first (:mod:`.progress`, the History's recording among them), then the user's."""
+
+    model: Any
+    loss: Loss
+    optimizer: Any
+    params: list[Any]
+    loader: Any
+    strategy: Any
+    sample_shape: tuple[int, ...]
+    batch_size: int
+    callbacks: list[Callback]
+
+
+def _set_up(model: Any, x: Any, y: Any, *, loss: Any, optimizer: Any, epochs: int, batch_size: int | None,
+            shuffle: bool, seed: int | None, validation_data: Any, callbacks: Sequence[Callback], verbose: int,
+            scale: Any, transform: Any, initial_epoch: int, class_weight: Any, sample_weight: Any) -> _Run:
+    """Check everything before any step (arguments, data, weights, validation data, the dtype
+    policy), then fill the model's training session and build the loader and the callback list."""
+    session = _session(model, "fit")
+    loss = get_loss(loss if loss is not None else session.loss or "cross_entropy")
+    optimizer = get_optimizer(optimizer) if optimizer is not None else (session.optimizer or SGD(lr=0.01))
     policy = precision.dtype_policy()
     precision.check_available(model.device.xp, policy)
     if policy.loss_scaling and not isinstance(optimizer, LossScaleOptimizer):
@@ -100,17 +125,19 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
         raise ValueError("nothing to train: every parameter of the model is frozen; set trainable = True on "
                          "the layers to train (model.trainable = True unfreezes everything)")
     x_data, y_data = checked_data(model, x, y, loss, ("x", "y"))
+    sample_shape = tuple(int(d) for d in x_data.shape[1:])
     weights = None
     if class_weight is not None or sample_weight is not None:
-        weights = sample_weights(loss, host_array(y_data, "y"), model.build(tuple(x_data.shape[1:])),
+        weights = sample_weights(loss, host_array(y_data, "y"), model.output_shape((1, *sample_shape)),
                                  class_weight, sample_weight)
     val = None
     if validation_data is not None:
         if len(validation_data) != 2:
             raise ValueError("validation_data must be a pair (x_val, y_val)")
         val = checked_data(model, *validation_data, loss, ("x_val", "y_val"))
-    model.loss, model.optimizer = loss, optimizer
-    model.stop_training = False
+    session.loss, session.optimizer, session.stop_training = loss, optimizer, False
+    if session.input_shape is None:
+        session.input_shape = sample_shape
     samples = int(x_data.shape[0])
     if batch_size is None or batch_size >= samples:
         batch_size, shuffle = samples, False  # one batch: its order does not change the gradient
@@ -120,77 +147,65 @@ def fit(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, optimiz
     if strategy is not None:
         loader = strategy.prepare(model, loader, optimizer, sync_seconds=SYNC_SECONDS)
         verbose = verbose if strategy.is_main else 0
-    history = model.history if initial_epoch and isinstance(model.history, History) else History()
-    model.history = history
-    params = model.parameters(trainable=True)  # frozen ones: no gradient, no update, state kept
-    callbacks = list(callbacks)
-    for callback in callbacks:
+    if not (initial_epoch and isinstance(session.history, History)):
+        session.history = History()
+    own: list[Callback] = [ProgressBar(samples, epochs)] if verbose == 1 else []
+    if val is not None:
+        run = _evaluate_checked if strategy is None else functools.partial(strategy.evaluate, run=_evaluate_checked)
+        own.append(Validation(val, functools.partial(run, loss=loss, batch_size=max(batch_size, 256), scale=scale),
+                              epochs, verbose))
+    own += [EpochStatistics(optimizer, samples), HistoryRecorder(session.history)]
+    if verbose == 2:
+        own.append(EpochLine(epochs))
+    everything = [*own, *callbacks]
+    for callback in everything:
         callback.model = model
-        callback.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch})
+    return _Run(model, loss, optimizer, model.parameters(trainable=True), loader, strategy, sample_shape, batch_size,
+                everything)
+
+
+def _run_epoch(run: _Run, epoch: int) -> dict[str, float]:
+    """One pass over the batches; returns the epoch's training ``loss`` (and ``accuracy``). The
+    running metrics are read every ``SYNC_SECONDS`` at most (the callbacks' ``on_sync``); the
+    weights are checked to be finite before any ``on_epoch_end`` sees them."""
+    model, optimizer, strategy, loader = run.model, run.optimizer, run.strategy, run.loader
     batches = len(loader)
-    for epoch in range(initial_epoch, epochs):
-        for callback in callbacks:
-            callback.on_epoch_begin(epoch)
-        if hasattr(optimizer, "set_epoch"):
-            optimizer.set_epoch(epoch, batches)
-        first_lr = getattr(optimizer, "lr", None)
-        loader.set_epoch(epoch)
-        meter = Meter(loss, epoch, None if strategy is None else strategy.reduce_metrics)
-        bar = _progress(verbose, samples, epoch, epochs)
-        started = last_sync = time.perf_counter()
-        out_of_memory = False
-        try:
-            for xb, yb, *weight in loader:  # weight: [the batch's sample weights] or []
-                _train_step(model, loss, optimizer, params, strategy, meter, xb, yb, *weight)
-                now = time.perf_counter()
-                if (now - last_sync >= SYNC_SECONDS) if strategy is None else strategy.sync_due():
-                    logs = meter.sync(batches)
-                    last_sync = now
-                    if bar is not None:
-                        bar.update(meter.seen - bar.n)
-                        bar.set_postfix_str(_format(logs), refresh=False)
-            logs = dict(meter.sync(batches))
-            seconds = time.perf_counter() - started
-        except MemoryError:  # NumPy's, or CuPy's OutOfMemoryError: said once the step's arrays are released
-            out_of_memory = True
-        finally:
-            if bar is not None:  # closed before validation, so its samples/s is the training rate
-                bar.set_postfix_str(_format(meter.values), refresh=False)
-                bar.update(meter.seen - bar.n)
-                bar.close()
-        if out_of_memory:
-            raise out_of_memory_error(model, tuple(x_data.shape[1:]), batch_size, optimizer, epoch)
-        if strategy is not None:
-            strategy.end_epoch(model)
-        check_finite_state(model, params, epoch)
-        if val is not None:
-            run = _evaluate_checked if strategy is None else functools.partial(strategy.evaluate,
-                                                                               run=_evaluate_checked)
-            val_logs = {f"val_{k}": v for k, v in
-                        run(model, *val, loss=loss, batch_size=max(batch_size, 256), scale=scale).items()}
-            logs.update(val_logs)
-            if not math.isfinite(val_logs["val_loss"]):
-                raise TrainingDivergedError(
-                    f"the validation loss became {val_logs['val_loss']} at the end of epoch {epoch + 1}; training "
-                    f"stopped. {DIVERGED_ADVICE}")
-            if bar is not None:
-                bar.write(f"epoch {epoch + 1}/{epochs} validation: {_format(val_logs)}", file=sys.stderr)
-        logs["seconds"] = seconds
-        logs["samples_per_second"] = samples / seconds if seconds > 0 else math.inf
-        if first_lr is not None:
-            logs["lr"] = float(first_lr)
-        if getattr(optimizer, "schedule", None) is not None and optimizer.last_lr is not None:
-            logs["lr_last"] = float(optimizer.last_lr)
-        history.append(epoch + 1, logs)
-        if verbose == 2:
-            print(f"epoch {epoch + 1}/{epochs}: {_format(logs)}", flush=True)
-        for callback in callbacks:
-            callback.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
-    for callback in callbacks:
-        callback.on_train_end({"history": history})
-    return history
+    if hasattr(optimizer, "set_epoch"):
+        optimizer.set_epoch(epoch, batches)
+    loader.set_epoch(epoch)
+    call_each(run.callbacks, "on_epoch_begin", epoch)
+    meter = Meter(run.loss, epoch, None if strategy is None else strategy.reduce_metrics)
+    last_sync = time.perf_counter()
+    out_of_memory = False
+    try:
+        for xb, yb, *weight in loader:  # weight: [the batch's sample weights] or []
+            _train_step(model, run.loss, optimizer, run.params, strategy, meter, xb, yb, *weight)
+            now = time.perf_counter()
+            if (now - last_sync >= SYNC_SECONDS) if strategy is None else strategy.sync_due():
+                running = meter.sync(batches)
+                call_each(run.callbacks, "on_sync", epoch, meter.seen, running)
+                last_sync = now
+        logs = dict(meter.sync(batches))
+        call_each(run.callbacks, "on_sync", epoch, meter.seen, logs)
+    except MemoryError:  # NumPy's, or CuPy's OutOfMemoryError: said once the step's arrays are released
+        out_of_memory = True
+    finally:
+        call_each(run.callbacks, "on_steps_end", epoch, meter.seen, meter.values)
+    if out_of_memory:
+        raise out_of_memory_error(model, run.sample_shape, run.batch_size, optimizer, epoch)
+    if strategy is not None:
+        strategy.end_epoch(model)
+    check_finite_state(model, run.params, epoch)
+    return logs
+
+
+def _session(model: Any, caller: str) -> TrainingSession:
+    """The model's training session; TypeError for a bare composition of layers, which has none."""
+    session = getattr(model, "session", None)
+    if not isinstance(session, TrainingSession):
+        raise TypeError(f"{caller} needs an xpnn.Sequential model (layers plus a training session), got "
+                        f"{type(model).__module__}.{type(model).__qualname__}; wrap layers in xpnn.Sequential([...])")
+    return session
 
 
 def _train_step(model: Any, loss: Loss, optimizer: Any, params: list[Any], strategy: Any, meter: Meter,
@@ -213,9 +228,10 @@ def evaluate(model: Any, x: Any, y: Any, *, loss: "Loss | str | None" = None, ba
              scale: Any = None) -> dict[str, float]:
     """Mean loss (and accuracy for classification) of ``model`` on ``(x, y)`` in eval mode; the loss
     is unweighted: ``class_weight`` and ``sample_weight`` are for training only (as Keras' ``val_loss``)."""
-    if loss is None and model.loss is None:
+    session = _session(model, "evaluate")
+    if loss is None and session.loss is None:
         raise ValueError("evaluate needs a loss: pass loss=..., or fit the model first")
-    loss = get_loss(loss if loss is not None else model.loss)
+    loss = get_loss(loss if loss is not None else session.loss)
     x_data, y_data = checked_data(model, x, y, loss, ("x", "y"))
     return _evaluate_checked(model, x_data, y_data, loss=loss, batch_size=batch_size, scale=scale)
 
@@ -240,7 +256,7 @@ def predict(model: Any, x: Any, *, batch_size: int = 256, scale: Any = None, to_
     ``to_host=False``), float32 under any dtype policy. Apply the output activation yourself if the
     model ends in logits."""
     x_data = checked_inputs(model, x, "x")
-    model.build(tuple(x_data.shape[1:]))
+    model.output_shape((1, *(int(d) for d in x_data.shape[1:])))  # checks the shape; records nothing
     loader = DataLoader(x_data, None, batch_size, device=model.device, dtype=model.dtype, scale=scale)
     outputs = [precision.variable(model(loader.take(idx)[0], train=False)[0]) for idx in loader.batch_indices()]
     xp = array_namespace(outputs[0])

@@ -296,6 +296,8 @@ def test_fit_argument_errors():
     x, y = teacher_task(32, features=8)
     with pytest.raises(ValueError, match="epochs must be a positive integer, got 0"):
         tutorial_mlp(8).fit(x, y, loss="bce", epochs=0)
+    with pytest.raises(ValueError, match="fit: epochs must be a positive integer, got True"):
+        tutorial_mlp(8).fit(x, y, loss="bce", epochs=True)
     with pytest.raises(ValueError, match="batch_size must be a positive integer or None"):
         tutorial_mlp(8).fit(x, y, loss="bce", batch_size=0, verbose=0)
 

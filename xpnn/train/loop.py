@@ -21,6 +21,7 @@ from .. import backend, distributed, precision
 from ..data.loader import DataLoader
 from ..losses import Loss, get_loss
 from ..optim import SGD, LossScaleOptimizer, get_optimizer
+from ..validation import check_integer
 from .callbacks import Callback, call_each
 from .history import History
 from .inputs import checked_data, checked_inputs, host_array
@@ -119,8 +120,7 @@ def _set_up(model: Any, x: Any, y: Any, *, loss: Any, optimizer: Any, epochs: in
     precision.check_available(model.device.xp, policy)
     if policy.loss_scaling and not isinstance(optimizer, LossScaleOptimizer):
         optimizer = LossScaleOptimizer(optimizer)
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    epochs = check_integer("fit", "epochs", epochs)
     if model.parameters() and not model.parameters(trainable=True):
         raise ValueError("nothing to train: every parameter of the model is frozen; set trainable = True on "
                          "the layers to train (model.trainable = True unfreezes everything)")

@@ -165,8 +165,8 @@ class Sequential(Layer):
 
     def _known_input_shape(self) -> tuple[int, ...]:
         if self.input_shape is None:
-            raise ShapeError("the input shape of this model is unknown: pass summary(input_shape=(C, H, W)) "
-                             "or call model.build(sample_shape) first")
+            raise ShapeError("the input shape of this model is unknown: pass summary(input_shape=(C, H, W)), "
+                             "or build an xpnn.Sequential first (model.build(sample_shape))")
         return self.input_shape
 
     # ---- device and description -------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 A :class:`Device` pairs an array-API namespace (NumPy, CuPy, array-api-strict, PyTorch, ...)
 with that library's native device object. Layer math never asks here which device is active: it
-takes its namespace and its native device from its inputs (:func:`native_device`, named here once). This module is used for what must be decided from the outside: where new
-parameters and batches go (``set_device``), moving host arrays there and back (``to_device``,
-``to_numpy``), and randomness.
+takes its namespace and its native device from its inputs (:func:`native_device`, named here
+once). This module is used for what must be decided from the outside: where new parameters and
+batches go (``set_device``), moving host arrays there and back (``to_device``, ``to_numpy``), and
+randomness.
 """
 from __future__ import annotations
 

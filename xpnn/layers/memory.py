@@ -3,9 +3,8 @@
 Not a formula per layer: the model's architecture is rebuilt on the host (zero weights, nothing
 drawn) and training steps are run on it under ``tracemalloc``, which sees every NumPy allocation.
 With every layer that chunks its batch (a convolution's columns, a max-pool's gradient routing)
-taking the same number of images at a time, what backward keeps and
-the peak of each stretch of the step (each layer's forward and backward) grow linearly with the
-batch, so two batches of a few chunks give them at any batch size, and the step's peak is the
+taking the same number of images at a time, what backward keeps and the peak of each stretch of
+the step (each layer's forward and backward) grow linearly with the batch, so two batches of a few chunks give them at any batch size, and the step's peak is the
 largest of those lines (where it lies moves as the batch grows). A third run, with larger chunks,
 gives what each image more in a chunk costs, for the chunk the workspace limit (:mod:`.workspace`)
 allows on the device the model is on. The same layer code runs on every device, so the host's
@@ -156,8 +155,9 @@ def _host_twin(model: Layer) -> Layer:
 def _dry_step(twin: Layer, shape: tuple[int, ...], chunk: int) -> tuple[int, list[int]]:
     """Bytes alive after the forward pass and the peak of each stretch of the step (up to each
     layer's forward and backward), above the start, at ``shape``; every layer that chunks its batch
-    (convolutions' columns, max-pool's routing) takes ``chunk`` images at a time. Stretches, not one peak: the
-    step's peak is the largest of lines in the batch size, and where it lies moves as the batch grows."""
+    (convolutions' columns, max-pool's routing) takes ``chunk`` images at a time. Stretches, not one
+    peak: the step's peak is the largest of lines in the batch size, and where it lies moves as the
+    batch grows."""
     xp = backend.resolve("cpu").xp
     dtype = twin.parameters()[0].value.dtype if twin.parameters() else xp.float32
     x = xp.zeros(shape, dtype=dtype) + 0.5

@@ -4,10 +4,11 @@ Not a formula per layer: the model's architecture is rebuilt on the host (zero w
 drawn) and training steps are run on it under ``tracemalloc``, which sees every NumPy allocation.
 With every layer that chunks its batch (a convolution's columns, a max-pool's gradient routing)
 taking the same number of images at a time, what backward keeps and the peak of each stretch of
-the step (each layer's forward and backward) grow linearly with the batch, so two batches of a few chunks give them at any batch size, and the step's peak is the
-largest of those lines (where it lies moves as the batch grows). A third run, with larger chunks,
-gives what each image more in a chunk costs, for the chunk the workspace limit (:mod:`.workspace`)
-allows on the device the model is on. The same layer code runs on every device, so the host's
+the step (each layer's forward and backward) grow linearly with the batch, so two batches of a
+few chunks give them at any batch size, and the step's peak is the largest of those lines (where
+it lies moves as the batch grows). A third run, with larger chunks, gives what each image more in
+a chunk costs, for the chunk the workspace limit (:mod:`.workspace`) allows on the device the
+model is on. The same layer code runs on every device, so the host's
 allocations are the GPU's, up to its allocator's rounding.
 """
 from __future__ import annotations

@@ -8,8 +8,8 @@ the step (each layer's forward and backward) grow linearly with the batch, so tw
 few chunks give them at any batch size, and the step's peak is the largest of those lines (where
 it lies moves as the batch grows). A third run, with larger chunks, gives what each image more in
 a chunk costs, for the chunk the workspace limit (:mod:`.workspace`) allows on the device the
-model is on. The same layer code runs on every device, so the host's
-allocations are the GPU's, up to its allocator's rounding.
+model is on. The same layer code runs on every device, so the host's allocations are the GPU's,
+up to its allocator's rounding.
 """
 from __future__ import annotations
 

@@ -84,6 +84,23 @@ def test_resume_refuses_a_file_without_training_state_and_changes_nothing(tmp_pa
         xpnn.ModelCheckpoint(tmp_path / "c.npz", callbacks={"h": xpnn.History()})
 
 
+def test_resume_with_one_damaged_callback_state_loads_none(tmp_path):
+    """A checkpoint whose second callback state is damaged changes neither callback, nor the
+    random generator."""
+    stop, plateau = xpnn.EarlyStopping(monitor="loss"), xpnn.ReduceLROnPlateau(monitor="loss")
+    checkpoint = xpnn.ModelCheckpoint(tmp_path / "c.npz", callbacks={"stop": stop, "plateau": plateau})
+    _fit(_model(), [stop, plateau, checkpoint], 1)
+    model, optimizer, meta = xpnn.load_checkpoint(tmp_path / "c.npz")
+    meta["callbacks"]["stop"]["wait"] = 3
+    meta["callbacks"]["plateau"]["wait"] = -1
+    fresh_stop = xpnn.EarlyStopping(monitor="loss")
+    fresh = xpnn.ModelCheckpoint(tmp_path / "c.npz", callbacks={"stop": fresh_stop, "plateau": plateau})
+    state, before = xpnn.backend.rng_state(), (fresh_stop.wait, fresh_stop.best)
+    with pytest.raises(ValueError, match="ReduceLROnPlateau.load_state_dict: wait must be an integer >= 0"):
+        fresh.restore(model, optimizer, meta)
+    assert (fresh_stop.wait, fresh_stop.best) == before and xpnn.backend.rng_state() == state
+
+
 def test_early_stopping_refuses_a_damaged_state_and_keeps_its_own():
     stop = xpnn.EarlyStopping(monitor="loss")
     stop.wait, stop.best = 2, 0.5

@@ -3,6 +3,7 @@ atomically), holding everything an exact resume needs, and :meth:`ModelCheckpoin
 reads it back. ``xpnn train`` writes its run's checkpoint with it too."""
 from __future__ import annotations
 
+import copy
 import math
 import os
 from pathlib import Path
@@ -79,7 +80,8 @@ class ModelCheckpoint(Callback):
         ``model.optimizer`` and ``model.history``, the host random generator where it was, and the
         state of each callback named in ``callbacks``; returns the epoch to pass as ``initial_epoch``.
         With ``save_best_only`` the file holds the best epoch, whose monitored value becomes the bar
-        to beat. Raises ValueError if the file lacks what a resume needs or holds a damaged state."""
+        to beat. Raises ValueError if the file lacks what a resume needs or holds a damaged state, and
+        then changes nothing: each callback's state is first loaded into a (shallow) copy of it."""
         states = meta.get("callbacks")
         missing = [key for key in ("epoch", "history", "rng_state") if key not in meta]
         missing += [f"the state of callback {name!r}" for name in self.callbacks
@@ -89,6 +91,8 @@ class ModelCheckpoint(Callback):
             raise ValueError(f"{self.path} cannot resume a run: it lacks {', '.join(lacks)} "
                              f"(a file written by xpnn.ModelCheckpoint has them)")
         history = History.from_dict(meta["history"])
+        for name, callback in self.callbacks.items():  # every state checked before any is loaded
+            copy.copy(callback).load_state_dict(states[name])
         for name, callback in self.callbacks.items():
             callback.load_state_dict(states[name])
         backend.set_rng_state(meta["rng_state"])

@@ -85,8 +85,8 @@ def test_resume_refuses_a_file_without_training_state_and_changes_nothing(tmp_pa
 
 
 def test_resume_with_one_damaged_callback_state_loads_none(tmp_path):
-    """A checkpoint whose second callback state is damaged changes neither callback, nor the
-    random generator."""
+    """A checkpoint whose second callback state, or whose random-generator state, is damaged
+    changes neither callback nor the random generator."""
     stop, plateau = xpnn.EarlyStopping(monitor="loss"), xpnn.ReduceLROnPlateau(monitor="loss")
     checkpoint = xpnn.ModelCheckpoint(tmp_path / "c.npz", callbacks={"stop": stop, "plateau": plateau})
     _fit(_model(), [stop, plateau, checkpoint], 1)
@@ -97,6 +97,10 @@ def test_resume_with_one_damaged_callback_state_loads_none(tmp_path):
     fresh = xpnn.ModelCheckpoint(tmp_path / "c.npz", callbacks={"stop": fresh_stop, "plateau": plateau})
     state, before = xpnn.backend.rng_state(), (fresh_stop.wait, fresh_stop.best)
     with pytest.raises(ValueError, match="ReduceLROnPlateau.load_state_dict: wait must be an integer >= 0"):
+        fresh.restore(model, optimizer, meta)
+    assert (fresh_stop.wait, fresh_stop.best) == before and xpnn.backend.rng_state() == state
+    meta["callbacks"]["plateau"]["wait"], meta["rng_state"] = 0, {"bit_generator": "damaged"}
+    with pytest.raises(ValueError):
         fresh.restore(model, optimizer, meta)
     assert (fresh_stop.wait, fresh_stop.best) == before and xpnn.backend.rng_state() == state
 

@@ -93,9 +93,9 @@ class ModelCheckpoint(Callback):
         history = History.from_dict(meta["history"])
         for name, callback in self.callbacks.items():  # every state checked before any is loaded
             copy.copy(callback).load_state_dict(states[name])
+        backend.set_rng_state(meta["rng_state"])
         for name, callback in self.callbacks.items():
             callback.load_state_dict(states[name])
-        backend.set_rng_state(meta["rng_state"])
         model.optimizer, model.history = optimizer, history
         logs = meta.get("logs")
         best = logs.get(self.monitor) if isinstance(logs, dict) else None
